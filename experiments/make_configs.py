@@ -1,0 +1,168 @@
+"""Write every experiment config (experiments/<id>/<rule>.yaml) from the protocols below.
+
+The protocols are those of Li & Benna (arXiv:2405.20594) as defined by the authors' public
+configs (see experiments/README.md); F1 is this project's deep-convolutional check on
+Fashion-MNIST. Run ``python experiments/make_configs.py`` after editing a protocol; the YAML
+files are committed so that users can run them unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# the rules each published experiment compares, with their options
+RULES = {
+    "bp": {"name": "bp"},
+    "fa": {"name": "fa"},
+    "dfa": {"name": "dfa"},
+    "sf": {"name": "usf"},
+    "pfa": {"name": "pfa", "expand_ratio": 10},
+    "pfa_o": {"name": "pfa", "orthogonal": True},
+}
+# PFA and PFA-o use a large weight decay during epoch 0 only (drives R -> B^T W)
+PFA_RULES = ("pfa", "pfa_o")
+
+
+def wd_schedule(first, rest):
+    return {"type": "piecewise", "values": [first, rest], "boundaries": [1]}
+
+
+PROTOCOLS = {
+    "e1": {
+        "protocol": "E1",
+        "title": "MNIST, MLP 784-512-512-10",
+        "rules": ["bp", "fa", "dfa", "sf", "pfa", "pfa_o"],
+        "base": {
+            "seeds": [0, 1, 2, 3, 4], "epochs": 40,
+            "model": {"name": "mlp", "hidden": [512, 512], "num_classes": 10},
+            "data": {"name": "mnist", "batch_size": 64, "val_size": 0, "flatten": True},
+            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+            "schedule": {"lr": {"type": "multistep", "milestones": [20, 30], "gamma": 0.5}},
+            "eval": {"select_on": "final"},
+        },
+        "pfa_wd": (0.03, 9e-5),
+        "published": {"bp": (98.38, 0.03), "fa": (98.23, 0.06), "dfa": (98.15, 0.02),
+                      "sf": (98.25, 0.05), "pfa": (98.39, 0.04), "pfa_o": (98.42, 0.04)},
+        "metric": "final-epoch test accuracy %",
+    },
+    "e2": {
+        "protocol": "E2",
+        "title": "CIFAR-10, ResNet-20",
+        "rules": ["bp", "fa", "dfa", "sf", "pfa", "pfa_o"],
+        "base": {
+            "seeds": [0, 1, 2, 3, 4], "epochs": 250,
+            "model": {"name": "resnet20", "num_classes": 10},
+            "data": {"name": "cifar10", "batch_size": 128, "val_size": 5000,
+                     "augment": "crop_flip"},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+            "schedule": {"lr": {"type": "multistep", "milestones": [100, 150, 200],
+                                "gamma": 0.1}},
+            "eval": {"select_on": "val"},
+        },
+        "rule_overrides": {"dfa": {"optim": {"lr": 0.001}}},
+        "pfa_wd": (0.005, 1e-4),
+        "published": {"bp": (91.42, 0.19), "fa": (64.70, 1.78), "dfa": (30.67, 1.23),
+                      "sf": (89.97, 0.22), "pfa": (90.70, 0.43), "pfa_o": (91.31, 0.18)},
+        "metric": "final-epoch validation accuracy % (5k split)",
+    },
+    "e3": {
+        "protocol": "E3",
+        "title": "ImageNet, ResNet-18",
+        "rules": ["bp", "sf", "pfa", "pfa_o"],
+        "base": {
+            "seeds": [0], "epochs": 75,
+            "model": {"name": "resnet18", "num_classes": 1000},
+            "data": {"name": "imagenet", "batch_size": 256, "val_size": 0,
+                     "augment": "crop_flip", "data_dir": None},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+            "schedule": {"lr": {"type": "multistep", "milestones": [20, 40, 60],
+                                "gamma": 0.1}},
+            "eval": {"select_on": "final"},
+        },
+        "pfa_wd": (5e-4, 1e-4),
+        "published": {"bp": (69.69, None), "sf": (64.60, None), "pfa": (68.46, None),
+                      "pfa_o": (69.26, None)},
+        "metric": "top-1 accuracy % on the ImageNet validation set",
+    },
+    "f1": {
+        "protocol": "F1",
+        "title": "Fashion-MNIST, ResNet-20 (this project's deep-convolutional check)",
+        "rules": ["bp", "fa", "dfa", "sf", "pfa", "pfa_o"],
+        "base": {
+            "seeds": [0], "epochs": 8,
+            "model": {"name": "resnet20", "num_classes": 10, "in_channels": 1},
+            "data": {"name": "fashion-mnist", "batch_size": 128, "val_size": 6000,
+                     "augment": "crop_flip", "pad_to": 32, "normalize": "train_stats"},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+            "schedule": {"lr": {"type": "multistep", "milestones": [5, 7], "gamma": 0.1}},
+            "eval": {"select_on": "val"},
+        },
+        "rule_overrides": {"dfa": {"optim": {"lr": 0.001}}},
+        "pfa_wd": (0.005, 1e-4),
+        "published": {},
+        "metric": "test accuracy % of the best-validation checkpoint",
+    },
+}
+
+
+def _merge(a, b):
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else copy.deepcopy(v)
+    return out
+
+
+def make_config(exp_id: str, rule: str, density: float | None = None) -> dict:
+    p = PROTOCOLS[exp_id]
+    cfg = {"name": f"{exp_id}_{rule}" + (f"_d{density:g}" if density is not None else ""),
+           "protocol": p["protocol"]}
+    cfg.update(copy.deepcopy(p["base"]))
+    cfg["rule"] = copy.deepcopy(RULES[rule])
+    if density is not None:
+        cfg["rule"]["feedback_density"] = density
+    if rule in PFA_RULES:
+        cfg["schedule"]["weight_decay"] = wd_schedule(*p["pfa_wd"])
+        cfg["optim"]["weight_decay"] = p["pfa_wd"][0]
+    cfg = _merge(cfg, p.get("rule_overrides", {}).get(rule, {}))
+    pub = p["published"].get(rule)
+    if pub is not None and density is None:
+        cfg["published"] = {"mean": pub[0], "std": pub[1], "metric": p["metric"]}
+    return cfg
+
+
+# E4: sparse feedback on the E1 network; published accuracies per density were not recoverable
+E4_DENSITIES = [1.0, 0.5, 0.3, 0.17, 0.1, 0.05]
+E4_RULES = ["fa", "dfa", "sf", "pfa"]
+
+
+def write_all() -> list[str]:
+    written = []
+    for exp_id, p in PROTOCOLS.items():
+        for rule in p["rules"]:
+            written.append(_write(os.path.join(exp_id, f"{rule}.yaml"), make_config(exp_id, rule)))
+    for rule in E4_RULES:
+        for d in E4_DENSITIES:
+            cfg = make_config("e1", rule, density=d)
+            cfg["name"] = f"e4_{rule}_d{d:g}"
+            cfg["protocol"] = "E4"
+            written.append(_write(os.path.join("e4", f"{rule}_d{d:g}.yaml"), cfg))
+    return written
+
+
+def _write(rel, cfg):
+    path = os.path.join(HERE, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(f"# generated by experiments/make_configs.py -- protocol {cfg['protocol']}\n")
+        yaml.safe_dump(cfg, fh, sort_keys=False, default_flow_style=None)
+    return rel
+
+
+if __name__ == "__main__":
+    for rel in write_all():
+        print(rel)

@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m minigrad_pfa.bench.<name>``)."""

@@ -1,0 +1,113 @@
+"""The ``minigrad-pfa`` command line.
+
+    minigrad-pfa train CONFIG [--set KEY=VALUE ...] [--device cpu|cuda] [--out DIR] [--resume RUN_DIR]
+    minigrad-pfa data list | get NAME | verify NAME | path NAME
+    minigrad-pfa rules                      (the rule names and their options)
+
+Errors that a user can fix (bad config, missing data, unusable device) are printed as one
+clear message with exit status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .backend import DeviceError
+
+
+def _add_train_parser(sub):
+    p = sub.add_parser("train", help="train one config (one seed)",
+                       description="Train a config. The run directory gets config.yaml, "
+                                   "metrics.jsonl, latest/best checkpoints and results.json.")
+    p.add_argument("config", nargs="?", help="YAML config (see experiments/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=0.1 --set rule.name=pfa")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="cpu (NumPy) or cuda (CuPy); overrides the config")
+    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue an interrupted run from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args):
+    from .config import load_config
+    from .experiment_data import build_data
+    from .train import Trainer
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.resume:
+        cfg_path = os.path.join(args.resume, "config.yaml")
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (not a run "
+                                    "directory made by 'minigrad-pfa train')")
+        cfg = load_config(cfg_path, overrides)
+        out_dir = args.resume
+    else:
+        if not args.config:
+            raise ValueError("train needs a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, overrides)
+        out_dir = os.path.join(args.out, cfg["name"])
+    data = build_data(cfg)
+    trainer = Trainer(cfg, out_dir, data, progress=not args.no_progress)
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    return 0
+
+
+def _add_rules_parser(sub):
+    p = sub.add_parser("rules", help="list the learning rules and their options")
+    p.set_defaults(func=_cmd_rules)
+
+
+def _cmd_rules(args):
+    from .rules import describe_rules
+    print(describe_rules())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minigrad-pfa",
+        description="Explicit NumPy/CuPy engine for learning rules without weight transport.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_train_parser(sub)
+    _add_rules_parser(sub)
+    try:
+        from .cli_data import add_data_parser
+        add_data_parser(sub)
+    except ImportError:  # pragma: no cover - present in every release
+        pass
+    for name in ("cli_report", "cli_bench", "cli_grid", "cli_export"):
+        try:
+            mod = __import__(f"{__package__}.{name}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
+        print(f"minigrad-pfa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume RUN_DIR (the last finished epoch is "
+              "checkpointed)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

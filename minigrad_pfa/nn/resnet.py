@@ -1,0 +1,172 @@
+"""Residual networks: the BasicBlock with option-A / option-B shortcuts, the CIFAR ResNets
+(He et al. 2016, arXiv:1512.03385, section 4.2) and the ImageNet ResNet-18/34 (torchvision
+layout and parameter names).
+
+Backward of a block (exact under every rule; only the weight layers inside use the rule)::
+
+    out   = relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))
+    d     = relu2.backward(dy)
+    dx    = branch.backward(d) + shortcut.backward(d)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..backend import get_array_module
+from .layers import (BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
+                     Sequential)
+from .module import Module
+
+
+def channels_last_zeros(xp, shape, dtype):
+    """Zeros of NCHW shape ``shape`` stored channels-last (a view of an (n, h, w, c) buffer)."""
+    n, c, h, w = shape
+    return xp.zeros((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+class ShortcutA(Module):
+    """Option-A shortcut (parameter-free): ``x[:, :, ::2, ::2]`` then ``pad`` zero channels
+    on each side, ``pad = planes // 4``. (n, c, h, w) -> (n, c + 2 pad, ceil(h/2), ceil(w/2)).
+
+    Backward: the middle channels of ``dy`` scattered back to the even positions.
+    """
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        sub = x[:, :, ::2, ::2]
+        n, c, h, w = sub.shape
+        y = channels_last_zeros(xp, (n, c + 2 * self.pad, h, w), x.dtype)
+        y[:, self.pad:self.pad + c] = sub
+        self.cache["x_shape"] = tuple(x.shape)
+        return y
+
+    def backward(self, dy, ctx=None):
+        xp = get_array_module(dy)
+        dx = channels_last_zeros(xp, self.cache["x_shape"], dy.dtype)
+        c = self.cache["x_shape"][1]
+        dx[:, :, ::2, ::2] = dy[:, self.pad:self.pad + c]
+        return dx
+
+
+class BasicBlock(Module):
+    """Two 3x3 conv+BN layers with an identity, option-A or option-B shortcut.
+
+    Parameters
+    ----------
+    in_planes, planes : int
+        Input and output channels.
+    stride : int
+        Stride of the first conv (and of the shortcut).
+    shortcut : {"A", "B"}
+        Used when the shape changes (``stride != 1`` or ``in_planes != planes``): "A" is
+        :class:`ShortcutA`; "B" is a 1x1 conv + BN registered as ``downsample`` (torchvision's
+        name, so state dicts map one to one).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A",
+                 dtype="float32"):
+        super().__init__()
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, dtype=dtype)
+        self.bn1 = BatchNorm2d(planes, dtype=dtype)
+        self.relu1 = ReLU()
+        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, dtype=dtype)
+        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        self.relu2 = ReLU()
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            if shortcut == "A":
+                self.shortcut = ShortcutA(planes)
+            else:
+                self.downsample = Sequential(
+                    Conv2d(in_planes, planes, 1, stride, 0, bias=False, dtype=dtype),
+                    BatchNorm2d(planes, dtype=dtype))
+                self.shortcut = self.downsample
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        # not in place: BN's cache may hold its output
+        out = out + (x if self.shortcut is None else self.shortcut(x))
+        return self.relu2(out)
+
+    def backward(self, dy, ctx=None):
+        d = self.relu2.backward(dy, ctx)
+        dbranch = self.bn2.backward(d, ctx)
+        dbranch = self.conv2.backward(dbranch, ctx)
+        dbranch = self.relu1.backward(dbranch, ctx)
+        dbranch = self.bn1.backward(dbranch, ctx)
+        dbranch = self.conv1.backward(dbranch, ctx)
+        dshort = d if self.shortcut is None else self.shortcut.backward(d, ctx)
+        if dbranch is None:
+            return dshort
+        if dshort is None:
+            return dbranch
+        return dbranch + dshort
+
+
+class CifarResNet(Sequential):
+    """CIFAR ResNet-(6k+2): conv3x3(16)+BN+ReLU, 3 stages of ``k`` BasicBlocks (16/32/64
+    channels, strides 1/2/2, option-A shortcuts), global average pooling, fc 64 -> classes.
+
+    x (n, in_channels, 32, 32) -> logits (n, num_classes). Convs have no bias.
+    """
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
+                 shortcut: str = "A", dtype="float32"):
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6k+2 (20, 32, 44, 56, 110), got {depth}")
+        k = (depth - 2) // 6
+        layers: "OrderedDict[str, Module]" = OrderedDict()
+        layers["conv1"] = Conv2d(in_channels, 16, 3, 1, 1, bias=False, dtype=dtype)
+        layers["bn1"] = BatchNorm2d(16, dtype=dtype)
+        layers["relu"] = ReLU()
+        in_planes = 16
+        for stage, (planes, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+            blocks = []
+            for b in range(k):
+                blocks.append(BasicBlock(in_planes, planes, stride if b == 0 else 1,
+                                         shortcut, dtype))
+                in_planes = planes
+            layers[f"layer{stage}"] = Sequential(*blocks)
+        layers["avgpool"] = GlobalAvgPool2d()
+        layers["fc"] = Linear(64, num_classes, dtype=dtype)
+        super().__init__(layers)
+        self.depth = depth
+
+
+class ImageNetResNet(Sequential):
+    """torchvision's ResNet-18/34 layout and names: conv7x7/2(64)+BN+ReLU+maxpool3x3/2,
+    4 stages of BasicBlocks (64/128/256/512, strides 1/2/2/2, option-B ``downsample``),
+    global average pooling, fc 512 -> classes.
+    """
+
+    BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+    def __init__(self, depth: int = 18, num_classes: int = 1000, in_channels: int = 3,
+                 dtype="float32"):
+        if depth not in self.BLOCKS:
+            raise ValueError(f"ImageNet ResNet depth must be one of {sorted(self.BLOCKS)}, got {depth}")
+        layers: "OrderedDict[str, Module]" = OrderedDict()
+        layers["conv1"] = Conv2d(in_channels, 64, 7, 2, 3, bias=False, dtype=dtype)
+        layers["bn1"] = BatchNorm2d(64, dtype=dtype)
+        layers["relu"] = ReLU()
+        layers["maxpool"] = MaxPool2d(3, 2, 1)
+        in_planes = 64
+        for stage, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512),
+                                                       self.BLOCKS[depth]), start=1):
+            stride = 1 if stage == 1 else 2
+            blocks = []
+            for b in range(n_blocks):
+                blocks.append(BasicBlock(in_planes, planes, stride if b == 0 else 1, "B", dtype))
+                in_planes = planes
+            layers[f"layer{stage}"] = Sequential(*blocks)
+        layers["avgpool"] = GlobalAvgPool2d()
+        layers["fc"] = Linear(512, num_classes, dtype=dtype)
+        super().__init__(layers)
+        self.depth = depth

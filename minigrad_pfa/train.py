@@ -1,0 +1,360 @@
+"""Training runs: one training step, evaluation, and a resumable run directory.
+
+One training step (every rule, every model)::
+
+    for each weight layer: rule.before_step(layer)          (e.g. brSF redraws M_t)
+    logits = model.forward(x)
+    loss, e = softmax_cross_entropy(logits, y)              (e = dL/dlogits)
+    model.backward(e, BackwardContext(output_error=e))      (rules supply the input errors)
+    optimizer.step()                                        (W, b, BN, and learned feedback)
+    for each weight layer: rule.after_step(layer)           (masks, mirror phase, constraints)
+
+Run directory (``--out DIR/NAME``)::
+
+    config.yaml        the resolved config
+    metrics.jsonl      one JSON line per epoch (and per N steps when asked)
+    latest.npz         checkpoint after the last finished epoch (atomic write)
+    best.npz           checkpoint of the best validation accuracy (runs with a validation split)
+    results.json       final test evaluation (best-validation checkpoint, or the final epoch
+                       where the protocol has no validation split)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from .backend import check_device, to_numpy
+from .checkpoint import load_checkpoint, save_checkpoint
+from .functional.loss import accuracy_counts, softmax_cross_entropy
+from .nn.models import build_model, weight_layers
+from .nn.module import BackwardContext
+from .optim import build_optimizer
+from .optim.schedules import build_schedule
+from .rules import attach_rules
+from .rules.guard import check_optimizer
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def train_step(model, layers, optimizer, x, y):
+    """One step of the active rules on a batch; returns (loss, n_correct) as device scalars."""
+    for layer in layers:
+        layer.rule.before_step(layer)
+    logits = model.forward(x)
+    loss, e = softmax_cross_entropy(logits, y)
+    correct = accuracy_counts(logits, y)
+    model.backward(e, BackwardContext(output_error=e))
+    optimizer.step()
+    for layer in layers:
+        layer.rule.after_step(layer)
+    model.clear_cache()
+    return loss, correct
+
+
+def evaluate(model, loader):
+    """Mean loss and accuracy (%) of ``model`` in eval mode over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total_loss, total_correct, total = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            logits = model.forward(x)
+            loss, _ = softmax_cross_entropy(logits, y)
+            n = int(y.shape[0])
+            # host accumulation in float64: a deliberate float64 place (metric accumulator)
+            total_loss += float(loss) * n
+            total_correct += int(accuracy_counts(logits, y))
+            total += n
+    finally:
+        model.clear_cache()
+        model.train(was_training)
+    if total == 0:
+        raise RuntimeError("evaluation loader yielded no examples")
+    return total_loss / total, 100.0 * total_correct / total
+
+
+def model_from_config(cfg: dict):
+    """Build the model, attach the rules and return (model, rule summary) on the host."""
+    m = cfg["model"]
+    kwargs = {"num_classes": m["num_classes"]}
+    for key in ("hidden", "in_channels", "in_features", "image_size"):
+        if m.get(key) is not None:
+            kwargs[key] = tuple(m[key]) if key == "hidden" else m[key]
+    model = build_model(m["name"], seed=cfg["seed"], dtype=cfg["dtype"], **kwargs)
+    spec = cfg["rule"]
+    if isinstance(spec, dict):
+        spec = dict(spec)
+    full = {"rule": spec, "layers": cfg.get("rule_map") or {}, "shallow": cfg["shallow"]}
+    summary = attach_rules(model, full, seed=cfg["seed"])
+    return model, summary
+
+
+def optimizer_from_config(cfg: dict, model):
+    o = cfg["optim"]
+    kw = {"lr": o["lr"], "weight_decay": o["weight_decay"]}
+    if o["name"] == "sgd":
+        kw.update(momentum=o["momentum"], nesterov=o["nesterov"])
+    elif o["betas"] is not None:
+        kw["betas"] = tuple(o["betas"])
+    opt = build_optimizer(o["name"], list(model.named_parameters(trainable_only=True)), **kw)
+    check_optimizer(model, opt, allow_adaptive=o["allow_adaptive_optimizer"])
+    return opt
+
+
+def schedules_from_config(cfg: dict):
+    o, s = cfg["optim"], cfg["schedule"]
+    lr_spec = dict(s["lr"]) if s["lr"] else {"type": "constant"}
+    lr_spec.setdefault("base", o["lr"])
+    wd_spec = dict(s["weight_decay"]) if s["weight_decay"] else {"type": "constant"}
+    wd_spec.setdefault("base", o["weight_decay"])
+    return build_schedule(lr_spec), build_schedule(wd_spec)
+
+
+@dataclass
+class RunPaths:
+    root: str
+
+    def __post_init__(self):
+        os.makedirs(self.root, exist_ok=True)
+
+    def __getattr__(self, name):
+        files = {"config": "config.yaml", "metrics": "metrics.jsonl", "latest": "latest.npz",
+                 "best": "best.npz", "results": "results.json"}
+        if name in files:
+            return os.path.join(self.root, files[name])
+        raise AttributeError(name)
+
+
+class Trainer:
+    """A resumable training run of one config (one seed).
+
+    Parameters
+    ----------
+    cfg : dict
+        A resolved config (:func:`minigrad_pfa.config.resolve_config`).
+    out_dir : str
+        The run directory.
+    data : object
+        Provides ``train``, ``val`` (or None), ``test`` loaders, ``probe`` (x, y) and a
+        ``description`` string (:func:`minigrad_pfa.experiment_data.build_data`).
+    progress : bool
+        Show a tqdm progress bar per epoch.
+    """
+
+    def __init__(self, cfg, out_dir, data, progress=True, log=print):
+        self.cfg = cfg
+        self.device = check_device(cfg["device"])
+        self.paths = RunPaths(out_dir)
+        self.data = data
+        self.progress = progress
+        self.log = log
+        self.model, self.rule_summary = model_from_config(cfg)
+        self.model.to(self.device)
+        self.layers = list(weight_layers(self.model).values())
+        self.optimizer = optimizer_from_config(cfg, self.model)
+        self.lr_schedule, self.wd_schedule = schedules_from_config(cfg)
+        self.select_on = cfg["eval"]["select_on"]
+        if self.select_on == "auto":
+            self.select_on = "val" if data.val is not None else "final"
+        if self.select_on == "val" and data.val is None:
+            raise ValueError("eval.select_on is 'val' but the config has no validation split "
+                             "(set data.val_size > 0)")
+        self.start_epoch = 0
+        self.best_val = -math.inf
+        self.best_epoch = None
+        self.wall_before = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch_done: int):
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        meta = {"epoch_done": epoch_done, "best_val": self.best_val,
+                "best_epoch": self.best_epoch, "config": self.cfg,
+                "wall_s": self.wall_before, "version": 1}
+        return arrays, meta
+
+    def save(self, path, epoch_done):
+        arrays, meta = self._state(epoch_done)
+        save_checkpoint(path, arrays, meta)
+
+    def load(self, path):
+        arrays, meta = load_checkpoint(path)
+        model_state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+        optim_state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        return meta
+
+    def resume(self):
+        """Continue after the last finished epoch recorded in ``latest.npz``."""
+        if not os.path.exists(self.paths.latest):
+            raise FileNotFoundError(f"cannot resume: no checkpoint {self.paths.latest} "
+                                    "(the run finished no epoch yet; start it again without --resume)")
+        meta = self.load(self.paths.latest)
+        if meta["config"] != self.cfg:
+            diff = sorted(k for k in set(meta["config"]) | set(self.cfg)
+                          if meta["config"].get(k) != self.cfg.get(k))
+            raise ValueError(f"cannot resume {self.paths.root}: the config differs from the "
+                             f"saved one in {diff}; resume without --set overrides")
+        self.start_epoch = meta["epoch_done"] + 1
+        self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
+        self.best_epoch = meta["best_epoch"]
+        self.wall_before = meta.get("wall_s", 0.0)
+        self._truncate_metrics(self.start_epoch)
+        self.log(f"resumed {self.paths.root} after epoch {meta['epoch_done']}")
+
+    def _truncate_metrics(self, start_epoch):
+        if not os.path.exists(self.paths.metrics):
+            return
+        with open(self.paths.metrics) as fh:
+            keep = [ln for ln in fh if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+        tmp = self.paths.metrics + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(keep)
+        os.replace(tmp, self.paths.metrics)
+
+    # ------------------------------------------------------------------ main loop
+    def _append_metrics(self, record):
+        with open(self.paths.metrics, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def fit(self):
+        cfg = self.cfg
+        if self.start_epoch == 0:
+            with open(self.paths.config, "w") as fh:
+                yaml.safe_dump(cfg, fh, sort_keys=False)
+            if os.path.exists(self.paths.metrics):
+                os.remove(self.paths.metrics)
+        self.log(f"run {self.paths.root}: {self.data.description}")
+        self.log("rules: " + ", ".join(f"{n}={r}" for n, r in self.rule_summary))
+        for epoch in range(self.start_epoch, cfg["epochs"]):
+            record = self.train_epoch(epoch)
+            self._append_metrics(record)
+            self.log(self._log_line(record))
+        return self.finish()
+
+    def train_epoch(self, epoch):
+        from tqdm import tqdm  # local: the library does not need it otherwise
+
+        t0 = time.perf_counter()
+        loader = self.data.train
+        loader.set_epoch(epoch)
+        steps = len(loader)
+        self.model.train()
+        loss_sum, correct_sum, seen = 0.0, 0, 0
+        check_every = 1 if self.device == "cpu" else 50
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
+                   disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        pending = []
+        for step, (x, y) in enumerate(loader):
+            self.optimizer.lr = self.lr_schedule.value(epoch, step, steps)
+            self.optimizer.weight_decay = self.wd_schedule.value(epoch, step, steps)
+            loss, correct = train_step(self.model, self.layers, self.optimizer, x, y)
+            pending.append((loss, correct, int(y.shape[0])))
+            if len(pending) >= check_every:
+                loss_sum, correct_sum, seen = self._drain(pending, loss_sum, correct_sum, seen,
+                                                          epoch, step)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                                acc=f"{100.0 * correct_sum / max(seen, 1):.2f}")
+            bar.update(1)
+        loss_sum, correct_sum, seen = self._drain(pending, loss_sum, correct_sum, seen, epoch,
+                                                  steps - 1)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        record = {"epoch": epoch, "lr": self.optimizer.lr,
+                  "weight_decay": self.optimizer.weight_decay,
+                  "train_loss": loss_sum / seen, "train_acc": 100.0 * correct_sum / seen}
+        if self.data.val is not None:
+            record["val_loss"], record["val_acc"] = evaluate(self.model, self.data.val)
+        if self.select_on == "final":
+            # no validation split in the protocol: the per-epoch test curve is logged as an
+            # *unselected* curve (never used to pick a checkpoint)
+            record["test_loss_unselected"], record["test_acc_unselected"] = \
+                evaluate(self.model, self.data.test)
+        record.update(self._metrics())
+        self.wall_before += time.perf_counter() - t0
+        record["train_time_s"] = train_time
+        record["wall_s"] = self.wall_before
+        self.save(self.paths.latest, epoch)
+        if self.select_on == "val" and record["val_acc"] > self.best_val:
+            self.best_val, self.best_epoch = record["val_acc"], epoch
+            self.save(self.paths.best, epoch)
+            self.save(self.paths.latest, epoch)  # keep best_val in the resume state
+        return record
+
+    def _drain(self, pending, loss_sum, correct_sum, seen, epoch, step):
+        for loss, correct, n in pending:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise DivergenceError(
+                    f"loss is {value} at epoch {epoch} step {step}; stopping. The last good "
+                    f"checkpoint is kept at {self.paths.latest} (if any epoch finished). "
+                    "Lower optim.lr or check the rule's options.")
+            loss_sum += value * n
+            correct_sum += int(correct)
+            seen += n
+        pending.clear()
+        return loss_sum, correct_sum, seen
+
+    def _metrics(self):
+        if not self.cfg["metrics"]["every_epoch"]:
+            return {}
+        try:
+            from .metrics import collect_metrics
+        except ImportError:  # pragma: no cover - metrics module is part of the package
+            return {}
+        return collect_metrics(self.model, probe=self.data.probe)
+
+    def _log_line(self, r):
+        parts = [f"epoch {r['epoch'] + 1}/{self.cfg['epochs']}",
+                 f"lr {r['lr']:.4g}", f"wd {r['weight_decay']:.3g}",
+                 f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.2f}"]
+        if "val_acc" in r:
+            parts.append(f"val acc {r['val_acc']:.2f}")
+        if "test_acc_unselected" in r:
+            parts.append(f"test acc {r['test_acc_unselected']:.2f} (unselected curve)")
+        angles = [v for k, v in r.items() if k.endswith("/path_angle") and v is not None]
+        if angles:
+            parts.append("path angles " + "/".join(f"{a:.1f}" for a in angles))
+        parts.append(f"{r['train_time_s']:.1f}s")
+        return " | ".join(parts)
+
+    def finish(self):
+        """Evaluate the test set once on the selected checkpoint and write results.json."""
+        if self.select_on == "val":
+            meta = self.load(self.paths.best)
+            chosen = meta["epoch_done"]
+        else:
+            chosen = self.cfg["epochs"] - 1
+        test_loss, test_acc = evaluate(self.model, self.data.test)
+        results = {"name": self.cfg["name"], "protocol": self.cfg.get("protocol"),
+                   "rule": self.cfg["rule"], "seed": self.cfg["seed"],
+                   "selected_on": self.select_on, "selected_epoch": chosen,
+                   "best_val_acc": None if self.best_epoch is None else self.best_val,
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "epochs": self.cfg["epochs"], "wall_s": self.wall_before,
+                   "device": self.device, "data": self.data.description,
+                   "machine": machine_description()}
+        tmp = self.paths.results + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(results, fh, indent=2)
+        os.replace(tmp, self.paths.results)
+        self.log(f"test acc {test_acc:.2f}% (checkpoint of epoch {chosen + 1}, selected on "
+                 f"{self.select_on}); results in {self.paths.results}")
+        return results
+
+
+def machine_description() -> dict:
+    import platform
+    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
