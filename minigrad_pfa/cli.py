@@ -66,8 +66,12 @@ def _add_rules_parser(sub):
 
 
 def _cmd_rules(args):
-    from .rules import describe_rules
-    print(describe_rules())
+    from .rules import RULES, rule_options
+
+    for name, cls in RULES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        opts = ", ".join(f"{k}={v!r}" for k, v in rule_options(name).items()) or "-"
+        print(f"{name:6s} {doc}\n       options: {opts}")
     return 0
 
 

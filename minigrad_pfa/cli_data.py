@@ -93,7 +93,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="data_command", metavar="{list,get,verify,path}")
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_FAILED)[1])
 
-    def common(sp, name_required=True):
+    def common(sp):
         sp.add_argument("name", help="mnist, fashion-mnist, cifar10, imagenet, "
                                      "synthetic-mlp, synthetic-images")
         sp.add_argument("--data-dir", default=None,

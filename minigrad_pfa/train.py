@@ -82,8 +82,12 @@ def evaluate(model, loader):
     return total_loss / total, 100.0 * total_correct / total
 
 
-def model_from_config(cfg: dict):
-    """Build the model, attach the rules and return (model, rule summary) on the host."""
+def model_from_config(cfg: dict, input_shape=None):
+    """Build the model, attach the rules and return (model, rule summary) on the host.
+
+    ``input_shape`` (one sample, e.g. (1, 32, 32)) is needed only by rules whose feedback
+    spans a layer's whole input grid (``dfa`` with ``conv: dense``).
+    """
     m = cfg["model"]
     kwargs = {"num_classes": m["num_classes"]}
     for key in ("hidden", "in_channels", "in_features", "image_size"):
@@ -91,10 +95,12 @@ def model_from_config(cfg: dict):
             kwargs[key] = tuple(m[key]) if key == "hidden" else m[key]
     model = build_model(m["name"], seed=cfg["seed"], dtype=cfg["dtype"], **kwargs)
     spec = cfg["rule"]
-    if isinstance(spec, dict):
-        spec = dict(spec)
-    full = {"rule": spec, "layers": cfg.get("rule_map") or {}, "shallow": cfg["shallow"]}
-    summary = attach_rules(model, full, seed=cfg["seed"])
+    spec = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    if cfg.get("rule_map"):
+        spec["layers"] = dict(cfg["rule_map"])
+    if cfg["shallow"]:
+        spec["shallow"] = True
+    summary = attach_rules(model, spec, seed=cfg["seed"], input_shape=input_shape)
     return model, summary
 
 
@@ -112,11 +118,16 @@ def optimizer_from_config(cfg: dict, model):
 
 def schedules_from_config(cfg: dict):
     o, s = cfg["optim"], cfg["schedule"]
-    lr_spec = dict(s["lr"]) if s["lr"] else {"type": "constant"}
-    lr_spec.setdefault("base", o["lr"])
-    wd_spec = dict(s["weight_decay"]) if s["weight_decay"] else {"type": "constant"}
-    wd_spec.setdefault("base", o["weight_decay"])
-    return build_schedule(lr_spec), build_schedule(wd_spec)
+    def spec(sched, base):
+        if not sched:
+            return {"type": "constant", "value": base}
+        sched = dict(sched)
+        if sched.get("type") in ("multistep", "cosine"):
+            sched.setdefault("base", base)  # the optimizer's lr / weight_decay
+        return sched
+
+    return (build_schedule(spec(s["lr"], o["lr"])),
+            build_schedule(spec(s["weight_decay"], o["weight_decay"])))
 
 
 @dataclass
@@ -157,7 +168,7 @@ class Trainer:
         self.data = data
         self.progress = progress
         self.log = log
-        self.model, self.rule_summary = model_from_config(cfg)
+        self.model, self.rule_summary = model_from_config(cfg, data.sample_shape)
         self.model.to(self.device)
         self.layers = list(weight_layers(self.model).values())
         self.optimizer = optimizer_from_config(cfg, self.model)

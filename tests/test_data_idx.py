@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigrad_pfa.data import load_dataset
+from minigrad_pfa.data import channel_mean_std, load_dataset
 from minigrad_pfa.data.errors import ChecksumError, FormatError, MissingDataError
 from minigrad_pfa.data.idx import encode_idx, parse_idx, read_idx, write_idx
 
@@ -185,3 +185,11 @@ def test_user_folder_is_verified_and_never_modified(tmp_path):
     with pytest.raises(MissingDataError) as ei:
         load_dataset("fashion-mnist", "train", data_dir=user, progress=False)
     assert "train-images-idx3-ubyte" in str(ei.value) and str(user) in str(ei.value)
+
+
+@needs_debian
+def test_fashion_mnist_training_statistics():
+    """The commonly quoted Fashion-MNIST normalisation constants: 0.2860 / 0.3530."""
+    mean, std = channel_mean_std(load_dataset("fashion-mnist", "train", download=False,
+                                              progress=False))
+    assert round(mean[0], 4) == 0.2860 and round(std[0], 4) == 0.3530

@@ -208,3 +208,28 @@ def test_guard_warns_without_weight_decay():
     model = attached(mlp, "pfa")
     with pytest.warns(UserWarning, match="weight_decay is 0"):
         check_optimizer(model, opt("sgd", model))
+
+
+# ----------------------------------------------------------------- devices
+@pytest.mark.parametrize("key", ["fa", "dfa_dense", "brsf", "frsf_init", "kp", "wm", "pfa",
+                                 "pfa_sparse"])
+def test_feedback_moves_with_the_model(xp, key):
+    """Feedback drawn on the host, moved by Module.to: a GPU run matches the CPU run
+    (on NumPy-only machines this runs the same code path on the CPU)."""
+    from minigrad_pfa.backend import to_device, to_numpy
+    device = "cpu" if xp is np else "cuda"
+    spec = ALL_SPECS[key]
+    ref = attached(cnn, spec)
+    dev = attached(cnn, spec).to(device)
+    for name, arr in dev.state_dict().items():
+        assert (xp is np) or not isinstance(arr, np.ndarray), name
+    data = [batch(CNN_INPUT, 3, n=6, seed=s) for s in range(3)]
+    o_ref = SGD(list(ref.named_parameters(trainable_only=True)), lr=0.1, weight_decay=0.01)
+    o_dev = SGD(list(dev.named_parameters(trainable_only=True)), lr=0.1, weight_decay=0.01)
+    for x, y in data:
+        a = train_step(ref, o_ref, x, y)
+        b = train_step(dev, o_dev, to_device(x, device), to_device(y, device))
+        assert abs(a - b) <= 1e-10 * abs(a)
+    for k, v in ref.state_dict().items():
+        got = to_numpy(dev.state_dict()[k])
+        assert got.dtype == v.dtype and np.allclose(got, v, rtol=1e-9, atol=1e-12), k

@@ -15,7 +15,7 @@ Where data comes from, the cache, and the ``minigrad-pfa data`` commands: docs/d
 """
 from . import transforms
 from .cifar import load_cifar10
-from .dataset import ArrayDataset, describe, make_splits, split_indices
+from .dataset import ArrayDataset, channel_mean_std, describe, make_splits, split_indices
 from .errors import (ChecksumError, DataError, DownloadError, FormatError, MissingDataError,
                      UnsafePickleError)
 from .imagefolder import ImageFolderDataset, imagenet_folder, verify_image_folder
@@ -30,7 +30,7 @@ from .transforms import (CenterCrop, Compose, Flatten, Normalize, Pad, RandomCro
 __all__ = [
     "transforms", "load_dataset", "load_splits", "load_cifar10", "load_synthetic",
     "imagenet_folder", "verify_image_folder", "ImageFolderDataset", "ArrayDataset",
-    "describe", "make_splits", "split_indices", "DataLoader", "cache_root", "DATASETS",
+    "describe", "channel_mean_std", "make_splits", "split_indices", "DataLoader", "cache_root", "DATASETS",
     "VALIDATION_PROTOCOLS", "canonical_name", "dataset_path", "get_dataset",
     "verify_dataset", "DataError", "ChecksumError", "DownloadError", "FormatError",
     "MissingDataError", "UnsafePickleError", "Compose", "Pad", "RandomCrop",

@@ -104,6 +104,28 @@ def describe(dataset) -> str:
             + f", {m.get('num_classes', '?')} classes (source: {m.get('source', '?')})")
 
 
+def channel_mean_std(dataset) -> tuple:
+    """Per-channel mean and standard deviation of ``bytes / 255`` over a whole dataset.
+
+    For "normalise with the training set's statistics" (F1). Population statistics
+    (divide by N), accumulated in float64 over the uint8 images, one channel at a time.
+
+    Returns
+    -------
+    (mean, std) : tuples of floats, one entry per channel.
+    """
+    x = dataset.images
+    if x.ndim != 4:
+        raise ValueError(f"expected (n, c, h, w) images, got shape {x.shape}")
+    mean, std = [], []
+    for ch in range(x.shape[1]):  # a loop over channels keeps float64 temporaries small
+        v = x[:, ch].astype(np.float64) / 255.0
+        m = float(v.mean())
+        mean.append(m)
+        std.append(float(np.sqrt(((v - m) ** 2).mean())))
+    return tuple(mean), tuple(std)
+
+
 def split_indices(n: int, val_size: int, seed: int, method: str = "numpy"):
     """Indices of a train/validation split of ``n`` samples.
 

@@ -86,7 +86,10 @@ class BasicBlock(Module):
                 self.downsample = Sequential(
                     Conv2d(in_planes, planes, 1, stride, 0, bias=False, dtype=dtype),
                     BatchNorm2d(planes, dtype=dtype))
-                self.shortcut = self.downsample
+                # a plain alias, not a second registration: registering the same child
+                # under two names would list its arrays twice in named_parameters() and
+                # state_dict() (the optimizer would update them twice per step)
+                object.__setattr__(self, "shortcut", self.downsample)
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))

@@ -51,7 +51,6 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module
 from .base import Rule
 from .draw import haar_orthogonal, xavier
 from .options import (DescribedByOptions, check_bool, check_choice, check_density,
@@ -197,8 +196,8 @@ class PFA(DescribedByOptions, Rule):
                 R.grad = None
                 return
             delta_mid = layer.channel_mix(delta, layer.feedback_B)
-            # shared with input_error, called next by the layer's backward
-            layer.cache["pfa_delta_mid"] = (delta, delta_mid)
+            if layer.needs_input_error:  # shared with input_error, called next by backward
+                layer.cache["pfa_delta_mid"] = (delta, delta_mid)
             gR = layer.weight_grad(delta_mid) if R.requires_grad else None
         elif R.requires_grad:
             if gW is None:  # W frozen: R still learns from the forward gradient

@@ -181,8 +181,9 @@ def attach_rules(model, spec, seed: int, input_shape=None) -> list[tuple[str, st
     ----------
     model : Module
         Built and initialised (:func:`minigrad_pfa.nn.models.build_model`): ``W_0`` must be
-        final (``norm="init"``/``const`` record ``||W_0||``). Existing feedback state is
-        removed first.
+        final (``norm="init"``/``const`` record ``||W_0||``). Meant for a fresh model:
+        existing feedback state is removed and weight layers are (un)frozen as the spec
+        says, but what a previous ``shallow`` attach froze elsewhere stays frozen.
     spec : str or dict
         A rule spec (module docstring), with optional ``layers`` and ``shallow``.
     seed : int
