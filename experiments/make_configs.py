@@ -49,6 +49,21 @@ PROTOCOLS = {
                       "sf": (98.25, 0.05), "pfa": (98.39, 0.04), "pfa_o": (98.42, 0.04)},
         "metric": "final-epoch test accuracy %",
     },
+    "quickstart": {
+        "protocol": "quickstart",
+        "title": "MNIST, MLP 784-256-256-10, 3 epochs: BP vs FA vs PFA with alignment (minutes)",
+        "rules": ["bp", "fa", "pfa"],
+        "base": {
+            "seeds": [0], "epochs": 3,
+            "model": {"name": "mlp", "hidden": [256, 256], "num_classes": 10},
+            "data": {"name": "mnist", "batch_size": 64, "val_size": 0, "flatten": True},
+            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+            "eval": {"select_on": "final"},
+        },
+        "pfa_wd": (0.03, 9e-5),
+        "published": {},
+        "metric": "final-epoch test accuracy % (short run; not a published protocol)",
+    },
     "e2": {
         "protocol": "E2",
         "title": "CIFAR-10, ResNet-20",
@@ -126,7 +141,7 @@ def make_config(exp_id: str, rule: str, density: float | None = None) -> dict:
     if density is not None:
         cfg["rule"]["feedback_density"] = density
     if rule in PFA_RULES:
-        cfg["schedule"]["weight_decay"] = wd_schedule(*p["pfa_wd"])
+        cfg.setdefault("schedule", {})["weight_decay"] = wd_schedule(*p["pfa_wd"])
         cfg["optim"]["weight_decay"] = p["pfa_wd"][0]
     cfg = _merge(cfg, p.get("rule_overrides", {}).get(rule, {}))
     pub = p["published"].get(rule)

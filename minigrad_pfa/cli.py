@@ -5,12 +5,14 @@
     minigrad-pfa rules                      (the rule names and their options)
 
 Errors that a user can fix (bad config, missing data, unusable device) are printed as one
-clear message with exit status 2, without a traceback.
+clear message with exit status 2 (3 for a diverged run or a corrupt file), without a
+traceback; set ``MINIGRAD_PFA_DEBUG=1`` for the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from .backend import DeviceError
@@ -26,6 +28,8 @@ def _add_train_parser(sub):
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="cpu (NumPy) or cuda (CuPy); overrides the config")
     p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="exact run directory (default: OUT/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,9 +55,10 @@ def _cmd_train(args):
         if not args.config:
             raise ValueError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, overrides)
-        out_dir = os.path.join(args.out, cfg["name"])
+        out_dir = args.run_dir or os.path.join(args.out, cfg["name"])
     data = build_data(cfg)
-    trainer = Trainer(cfg, out_dir, data, progress=not args.no_progress)
+    trainer = Trainer(cfg, out_dir, data, progress=not args.no_progress,
+                      command=getattr(args, "command_line", None))
     if args.resume:
         trainer.resume()
     trainer.fit()
@@ -101,12 +106,22 @@ def main(argv=None) -> int:
     from .config import ConfigError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["minigrad-pfa"] + argv)  # recorded in results.json
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("MINIGRAD_PFA_DEBUG"):  # full traceback for developers
+            raise
         print(f"minigrad-pfa {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # divergence, corrupt checkpoints, data errors: one clear message, no traceback
+        if os.environ.get("MINIGRAD_PFA_DEBUG"):
+            raise
+        print(f"minigrad-pfa {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume RUN_DIR (the last finished epoch is "
               "checkpointed)", file=sys.stderr)

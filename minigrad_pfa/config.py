@@ -9,9 +9,28 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any, Callable
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` / ``5E+3`` as floats.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot (``1.0e-4``): ``lr: 1e-4``
+    or ``--set optim.weight_decay=1e-4`` would otherwise be the *string* "1e-4".
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text_or_stream):
+    """Parse YAML like ``yaml.safe_load``, reading ``1e-4`` as a float (YAML 1.2)."""
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -211,7 +230,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
     return key.split("."), value
@@ -235,7 +254,7 @@ def load_config(path: str, overrides=None) -> dict:
     """Read a YAML config, apply ``--set`` overrides, validate and fill defaults."""
     try:
         with open(path, "r", encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = yaml_load(fh) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (configs live in experiments/)") from None
     except yaml.YAMLError as exc:

@@ -17,6 +17,11 @@ Run directory (``--out DIR/NAME``)::
     best.npz           checkpoint of the best validation accuracy (runs with a validation split)
     results.json       final test evaluation (best-validation checkpoint, or the final epoch
                        where the protocol has no validation split)
+
+Killed at any moment, a run continues with ``--resume`` from the last finished epoch: the
+end of an epoch writes best.npz (if improved), then its metrics line, then latest.npz, so
+latest.npz never runs ahead of metrics.jsonl or best.npz (the resumed run re-does the
+unfinished epoch and truncates metrics.jsonl to match).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import yaml
 from .backend import check_device, to_numpy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .functional.loss import accuracy_counts, softmax_cross_entropy
+from .metrics import MechanismTracker, collect_metrics
 from .nn.models import build_model, weight_layers
 from .nn.module import BackwardContext
 from .optim import build_optimizer
@@ -139,6 +145,7 @@ class RunPaths:
 
     def __getattr__(self, name):
         files = {"config": "config.yaml", "metrics": "metrics.jsonl", "latest": "latest.npz",
+                 "metrics_steps": "metrics_steps.jsonl",
                  "best": "best.npz", "results": "results.json"}
         if name in files:
             return os.path.join(self.root, files[name])
@@ -161,8 +168,10 @@ class Trainer:
         Show a tqdm progress bar per epoch.
     """
 
-    def __init__(self, cfg, out_dir, data, progress=True, log=print):
+    def __init__(self, cfg, out_dir, data, progress=True, log=print, command=None):
         self.cfg = cfg
+        # the command line(s) that made this run: the original one, then each --resume
+        self.commands = [str(command)] if command else []
         self.device = check_device(cfg["device"])
         self.paths = RunPaths(out_dir)
         self.data = data
@@ -173,6 +182,8 @@ class Trainer:
         self.layers = list(weight_layers(self.model).values())
         self.optimizer = optimizer_from_config(cfg, self.model)
         self.lr_schedule, self.wd_schedule = schedules_from_config(cfg)
+        # measured ||D_t|| / ||D_0|| of PFA / KP layers beside the decay law's prediction
+        self.tracker = MechanismTracker(self.model, self.optimizer)
         self.select_on = cfg["eval"]["select_on"]
         if self.select_on == "auto":
             self.select_on = "val" if data.val is not None else "final"
@@ -188,9 +199,11 @@ class Trainer:
     def _state(self, epoch_done: int):
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        arrays.update({f"tracker/{k}": v for k, v in self.tracker.state_dict().items()})
         meta = {"epoch_done": epoch_done, "best_val": self.best_val,
                 "best_epoch": self.best_epoch, "config": self.cfg,
-                "wall_s": self.wall_before, "version": 1}
+                "wall_s": self.wall_before, "version": 1, "argv": sys.argv,
+                "commands": self.commands}
         return arrays, meta
 
     def save(self, path, epoch_done):
@@ -201,8 +214,10 @@ class Trainer:
         arrays, meta = load_checkpoint(path)
         model_state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
         optim_state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+        tracker_state = {k[8:]: v for k, v in arrays.items() if k.startswith("tracker/")}
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
+        self.tracker.load_state_dict(tracker_state)
         return meta
 
     def resume(self):
@@ -220,18 +235,21 @@ class Trainer:
         self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
         self.best_epoch = meta["best_epoch"]
         self.wall_before = meta.get("wall_s", 0.0)
+        self.commands = list(meta.get("commands", [])) + self.commands
         self._truncate_metrics(self.start_epoch)
         self.log(f"resumed {self.paths.root} after epoch {meta['epoch_done']}")
 
     def _truncate_metrics(self, start_epoch):
-        if not os.path.exists(self.paths.metrics):
-            return
-        with open(self.paths.metrics) as fh:
-            keep = [ln for ln in fh if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
-        tmp = self.paths.metrics + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.writelines(keep)
-        os.replace(tmp, self.paths.metrics)
+        """Drop log lines of epochs that the resumed run will train again."""
+        for path in (self.paths.metrics, self.paths.metrics_steps):
+            if not os.path.exists(path):
+                continue
+            with open(path) as fh:
+                keep = [ln for ln in fh if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.writelines(keep)
+            os.replace(tmp, path)
 
     # ------------------------------------------------------------------ main loop
     def _append_metrics(self, record):
@@ -243,15 +261,33 @@ class Trainer:
         if self.start_epoch == 0:
             with open(self.paths.config, "w") as fh:
                 yaml.safe_dump(cfg, fh, sort_keys=False)
-            if os.path.exists(self.paths.metrics):
-                os.remove(self.paths.metrics)
+            # a fresh start in a used directory: drop the old run's outputs, so that no
+            # results.json or best.npz describes another run (grids skip directories
+            # holding a results.json)
+            for path in (self.paths.metrics, self.paths.metrics_steps, self.paths.results,
+                         self.paths.best):
+                if os.path.exists(path):
+                    os.remove(path)
         self.log(f"run {self.paths.root}: {self.data.description}")
         self.log("rules: " + ", ".join(f"{n}={r}" for n, r in self.rule_summary))
         for epoch in range(self.start_epoch, cfg["epochs"]):
             record = self.train_epoch(epoch)
-            self._append_metrics(record)
+            self.end_epoch(epoch, record)
             self.log(self._log_line(record))
         return self.finish()
+
+    def end_epoch(self, epoch, record):
+        """Persist a finished epoch: best.npz (if improved), its metrics line, latest.npz.
+
+        The order makes a kill at any point safe: until latest.npz is replaced, a resume
+        re-does this epoch (deterministically) and drops its metrics line, and a best.npz
+        written early holds what the re-done epoch writes again.
+        """
+        if self.select_on == "val" and record["val_acc"] > self.best_val:
+            self.best_val, self.best_epoch = record["val_acc"], epoch
+            self.save(self.paths.best, epoch)
+        self._append_metrics(record)
+        self.save(self.paths.latest, epoch)
 
     def train_epoch(self, epoch):
         from tqdm import tqdm  # local: the library does not need it otherwise
@@ -263,6 +299,7 @@ class Trainer:
         self.model.train()
         loss_sum, correct_sum, seen = 0.0, 0, 0
         check_every = 1 if self.device == "cpu" else 50
+        every_n = self.cfg["metrics"]["every_n_steps"]
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
                    disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
         pending = []
@@ -270,7 +307,10 @@ class Trainer:
             self.optimizer.lr = self.lr_schedule.value(epoch, step, steps)
             self.optimizer.weight_decay = self.wd_schedule.value(epoch, step, steps)
             loss, correct = train_step(self.model, self.layers, self.optimizer, x, y)
+            self.tracker.step(self.optimizer.lr, self.optimizer.weight_decay)
             pending.append((loss, correct, int(y.shape[0])))
+            if every_n and (epoch * steps + step + 1) % every_n == 0:
+                self._step_metrics(epoch, step, steps)
             if len(pending) >= check_every:
                 loss_sum, correct_sum, seen = self._drain(pending, loss_sum, correct_sum, seen,
                                                           epoch, step)
@@ -295,21 +335,19 @@ class Trainer:
         self.wall_before += time.perf_counter() - t0
         record["train_time_s"] = train_time
         record["wall_s"] = self.wall_before
-        self.save(self.paths.latest, epoch)
-        if self.select_on == "val" and record["val_acc"] > self.best_val:
-            self.best_val, self.best_epoch = record["val_acc"], epoch
-            self.save(self.paths.best, epoch)
-            self.save(self.paths.latest, epoch)  # keep best_val in the resume state
         return record
 
     def _drain(self, pending, loss_sum, correct_sum, seen, epoch, step):
         for loss, correct, n in pending:
             value = float(loss)
             if not math.isfinite(value):
+                kept = (f"the last good checkpoint is kept: {self.paths.latest} (after epoch "
+                        f"{epoch})" if epoch > 0 and os.path.exists(self.paths.latest) else
+                        "no checkpoint was written (it diverged in its first epoch)")
                 raise DivergenceError(
-                    f"loss is {value} at epoch {epoch} step {step}; stopping. The last good "
-                    f"checkpoint is kept at {self.paths.latest} (if any epoch finished). "
-                    "Lower optim.lr or check the rule's options.")
+                    f"training diverged: the loss is {value} at epoch {epoch + 1} "
+                    f"(step {step + 1}); the run is stopped and {kept}. Lower optim.lr or "
+                    "check the rule's options.")
             loss_sum += value * n
             correct_sum += int(correct)
             seen += n
@@ -319,11 +357,15 @@ class Trainer:
     def _metrics(self):
         if not self.cfg["metrics"]["every_epoch"]:
             return {}
-        try:
-            from .metrics import collect_metrics
-        except ImportError:  # pragma: no cover - metrics module is part of the package
-            return {}
-        return collect_metrics(self.model, probe=self.data.probe)
+        return collect_metrics(self.model, probe=self.data.probe, tracker=self.tracker)
+
+    def _step_metrics(self, epoch, step, steps):
+        """Per-N-steps alignment metrics, appended to ``metrics_steps.jsonl``."""
+        record = {"epoch": epoch, "step": step, "global_step": epoch * steps + step + 1,
+                  "lr": self.optimizer.lr, "weight_decay": self.optimizer.weight_decay}
+        record.update(collect_metrics(self.model, probe=self.data.probe, tracker=self.tracker))
+        with open(self.paths.metrics_steps, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     def _log_line(self, r):
         parts = [f"epoch {r['epoch'] + 1}/{self.cfg['epochs']}",
@@ -354,7 +396,7 @@ class Trainer:
                    "test_loss": test_loss, "test_acc": test_acc,
                    "epochs": self.cfg["epochs"], "wall_s": self.wall_before,
                    "device": self.device, "data": self.data.description,
-                   "machine": machine_description()}
+                   "machine": machine_description(), "commands": self.commands}
         tmp = self.paths.results + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(results, fh, indent=2)

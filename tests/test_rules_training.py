@@ -25,17 +25,17 @@ def xor_data(n=512):
 
 
 def blob_images(n=128, classes=4):
-    """Class templates (3, 8, 8) plus unit Gaussian noise."""
+    """Class templates (3, 8, 8) plus Gaussian noise of std 3."""
     centers = np.random.default_rng(100).standard_normal((classes, 3, 8, 8))
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)
-    return (centers[y] + rng.standard_normal((n, 3, 8, 8))).astype(np.float32), y
+    return (centers[y] + 3.0 * rng.standard_normal((n, 3, 8, 8))).astype(np.float32), y
 
 
 def full_loss(model, X, Y):
-    model.eval()
+    """Loss on the whole set with batch statistics (after a few dozen steps, BN's running
+    statistics are not yet a fair summary of the network)."""
     loss, _ = softmax_cross_entropy(model.forward(X), Y)
-    model.train()
     model.clear_cache()
     return float(loss)
 
