@@ -193,7 +193,8 @@ SCHEMA: dict[str, Any] = {
 
 def _resolve(schema: dict, cfg: dict, prefix: str) -> dict:
     if not isinstance(cfg, dict):
-        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping")
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a "
+                          f"mapping, got {type(cfg).__name__} {cfg!r}")
     unknown = [k for k in cfg if k not in schema]
     if unknown:
         where = f"in section '{prefix}'" if prefix else "at the top level"

@@ -17,6 +17,7 @@ Run directory (``--out DIR/NAME``)::
     best.npz           checkpoint of the best validation accuracy (runs with a validation split)
     results.json       final test evaluation (best-validation checkpoint, or the final epoch
                        where the protocol has no validation split)
+    run.lock           present while a process trains here (one writer per directory)
 
 Killed at any moment, a run continues with ``--resume`` from the last finished epoch: the
 end of an epoch writes best.npz (if improved), then its metrics line, then latest.npz, so
@@ -43,8 +44,9 @@ from .nn.models import build_model, weight_layers
 from .nn.module import BackwardContext
 from .optim import build_optimizer
 from .optim.schedules import build_schedule
-from .rules import attach_rules
+from .rules import attach_rules, parse_rule
 from .rules.guard import check_optimizer
+from .runlock import RunLock
 
 
 class DivergenceError(RuntimeError):
@@ -101,7 +103,8 @@ def model_from_config(cfg: dict, input_shape=None):
             kwargs[key] = tuple(m[key]) if key == "hidden" else m[key]
     model = build_model(m["name"], seed=cfg["seed"], dtype=cfg["dtype"], **kwargs)
     spec = cfg["rule"]
-    spec = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    # "pfa" or the command-line form "pfa:expand_ratio=5,orthogonal=true"
+    spec = dict(spec) if isinstance(spec, dict) else parse_rule(spec)
     if cfg.get("rule_map"):
         spec["layers"] = dict(cfg["rule_map"])
     if cfg["shallow"]:
@@ -220,17 +223,41 @@ class Trainer:
         self.tracker.load_state_dict(tracker_state)
         return meta
 
+    def _lock_run(self):
+        """Hold RUN_DIR/run.lock from resume() or fit() to the end of fit(): one writer
+        per run directory (:mod:`minigrad_pfa.runlock`)."""
+        if getattr(self, "_lock", None) is None:
+            self._lock = RunLock(self.paths.root).__enter__()
+
+    def _unlock_run(self):
+        if getattr(self, "_lock", None) is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
     def resume(self):
         """Continue after the last finished epoch recorded in ``latest.npz``."""
+        self._lock_run()
+        try:
+            self._resume()
+        except BaseException:
+            self._unlock_run()
+            raise
+
+    def _resume(self):
         if not os.path.exists(self.paths.latest):
             raise FileNotFoundError(f"cannot resume: no checkpoint {self.paths.latest} "
                                     "(the run finished no epoch yet; start it again without --resume)")
         meta = self.load(self.paths.latest)
-        if meta["config"] != self.cfg:
-            diff = sorted(k for k in set(meta["config"]) | set(self.cfg)
-                          if meta["config"].get(k) != self.cfg.get(k))
+        # the device may change (checkpoints are host arrays): a GPU run can finish on a
+        # CPU; anything else would make the run a mixture of two configs
+        diff = sorted(k for k in set(meta["config"]) | set(self.cfg)
+                      if k != "device" and meta["config"].get(k) != self.cfg.get(k))
+        if diff:
             raise ValueError(f"cannot resume {self.paths.root}: the config differs from the "
                              f"saved one in {diff}; resume without --set overrides")
+        if meta["config"].get("device") != self.cfg["device"]:
+            self.log(f"note: continuing on {self.cfg['device']} a run that trained on "
+                     f"{meta['config'].get('device')} (equal up to rounding, not bitwise)")
         self.start_epoch = meta["epoch_done"] + 1
         self.best_val = meta["best_val"] if meta["best_val"] is not None else -math.inf
         self.best_epoch = meta["best_epoch"]
@@ -257,6 +284,14 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def fit(self):
+        """Train the remaining epochs, then evaluate the test set once (:meth:`finish`)."""
+        self._lock_run()
+        try:
+            return self._fit()
+        finally:
+            self._unlock_run()
+
+    def _fit(self):
         cfg = self.cfg
         if self.start_epoch == 0:
             with open(self.paths.config, "w") as fh:

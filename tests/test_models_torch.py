@@ -14,7 +14,16 @@ Checked, in train mode (batch statistics), in float64 (relative Frobenius error 
 per tensor) and float32 (<= 1e-4): logits, loss and every parameter gradient; the
 running statistics after training steps; the parameters after 5 steps of SGD (momentum,
 weight decay) and of AdamW.
+
+float32 and kinks: a ReLU input within float32 rounding of 0 (or a max-pool near-tie) takes
+a different branch in the two implementations, and that one element changes the gradient of
+every layer below it by ~1/sqrt(number of activations), ~1e-3..1e-2 relative here (PyTorch
+float32 against PyTorch float64 does the same). Such inputs are a property of the batch,
+not of the code, so the float32 comparisons use batches on which both implementations take
+the same branch at every ReLU and max pool (compared mask by mask, arg-max by arg-max),
+re-drawing the batch otherwise, just as finite-difference checks keep away from kinks.
 """
+import copy
 import os
 import re
 from collections import OrderedDict
@@ -25,6 +34,7 @@ import pytest
 from _util import rel_err
 from minigrad_pfa.functional.loss import softmax_cross_entropy
 from minigrad_pfa.nn.models import build_model, finalize, init_model
+from minigrad_pfa.nn.layers import MaxPool2d, ReLU
 from minigrad_pfa.nn.module import BackwardContext
 from minigrad_pfa.nn.resnet import CifarResNet, ImageNetResNet
 from minigrad_pfa.optim import build_optimizer
@@ -32,6 +42,15 @@ from minigrad_pfa.optim import build_optimizer
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread: faster on a small shared machine, and no thread-count-dependent sums."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TOL = {"float64": 1e-6, "float32": 1e-4}
@@ -213,13 +232,82 @@ def compare_grads(ours, theirs, tol):
     return errs
 
 
+# ------------------------------------------------------------------ branch agreement (float32)
+def engine_branches(model):
+    """Every ReLU mask and max-pool arg-max (as flat input indices, torch's convention) of
+    the engine's last forward pass, in forward order."""
+    out = []
+    for _, m in model.named_modules():
+        if isinstance(m, ReLU):
+            out.append(np.array(m.cache["relu"], dtype=bool))
+        elif isinstance(m, MaxPool2d):
+            c = m.cache["pool"]
+            arg = np.asarray(c["arg"]).astype(np.int64)          # (n, oh, ow, c) tap i*kw + j
+            _, _, h, w = c["x_shape"]
+            kh, kw = c["kernel"]
+            (sh, sw), (ph, pw) = c["stride"], c["padding"]
+            oh, ow = arg.shape[1:3]
+            iy = np.arange(oh)[None, :, None, None] * sh - ph + arg // kw
+            ix = np.arange(ow)[None, None, :, None] * sw - pw + arg % kw
+            out.append((iy * w + ix).transpose(0, 3, 1, 2))
+    return out
+
+
+def torch_branches(model, x, dtype):
+    """The same for the torch twin (pre-hooks see each ReLU's input before the in-place op)."""
+    out = []
+
+    def relu_hook(m, inp):
+        out.append((inp[0] > 0).numpy().copy())
+
+    def pool_hook(m, inp):
+        _, idx = F.max_pool2d(inp[0], m.kernel_size, m.stride, m.padding, return_indices=True)
+        out.append(idx.numpy().copy())
+
+    hooks = [m.register_forward_pre_hook(relu_hook if isinstance(m, nn.ReLU) else pool_hook)
+             for m in model.modules() if isinstance(m, (nn.ReLU, nn.MaxPool2d))]
+    saved = copy.deepcopy(model.state_dict())   # the probe must not move the running stats
+    try:
+        with torch.no_grad():
+            model(T(x, dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.load_state_dict(saved)
+    return out
+
+
+def same_branches(ours, theirs, x, dtype):
+    for _, m in ours.named_modules():
+        if hasattr(m, "update_running_stats"):
+            m.update_running_stats = False
+    try:
+        ours.forward(x)
+    finally:
+        for _, m in ours.named_modules():
+            if hasattr(m, "update_running_stats"):
+                m.update_running_stats = True
+    a, b = engine_branches(ours), torch_branches(theirs, x, dtype)
+    assert len(a) == len(b) > 0
+    return all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def comparable_batch(ours, theirs, rng, n, size, dtype, tries=30):
+    """A random batch; in float32 one on which both models branch identically (see top)."""
+    for _ in range(tries if dtype == "float32" else 1):
+        x, y = batch(rng, n, size, dtype)
+        if dtype == "float64" or same_branches(ours, theirs, x, dtype):
+            return x, y
+    pytest.fail(f"no batch in {tries} draws on which the float32 models branch identically")
+
+
 # ------------------------------------------------------------------ logits, loss, gradients
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("kind,n,size", [("resnet20", 6, 32), ("resnet8B", 4, 16),
+@pytest.mark.parametrize("kind,n,size", [("resnet20", 4, 32), ("resnet8B", 4, 16),
                                          ("resnet18", 4, 64)])
 def test_gradients_match_torch(kind, n, size, dtype):
     ours, theirs = pair(kind, dtype)
-    x, y = batch(np.random.default_rng(1), n, size, dtype)
+    x, y = comparable_batch(ours, theirs, np.random.default_rng(1), n, size, dtype)
     logits, loss = engine_forward_backward(ours, x, y)
     tlogits, tloss = torch_forward_backward(theirs, x, y, dtype)
     tol = TOL[dtype]
@@ -247,39 +335,69 @@ def test_channels_last_input_gives_the_same_logits():
 
 
 # ------------------------------------------------------------------ training steps
-OPTIMIZERS = {
-    "sgd": ({"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
-            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4)),
-    "adamw": ({"lr": 1e-3, "weight_decay": 1e-2},
-              lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2)),
-}
+def optimizers(opt_name, dtype):
+    """(engine kwargs, torch constructor) of the same optimizer.
+
+    AdamW's eps is 1e-6 in float32: Adam's first update is ``lr * g / (|g| + eps)``, so a
+    gradient element at the float32 rounding level of its tensor (~1e-8 here) gets an
+    update of either sign ~lr in each implementation; eps = 1e-6 damps such elements and
+    leaves the others unchanged (torch's default 1e-8 is used in float64).
+    """
+    if opt_name == "sgd":
+        kw = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+        return kw, lambda ps: torch.optim.SGD(ps, **kw)
+    kw = {"lr": 1e-3, "weight_decay": 1e-2, "eps": 1e-6 if dtype == "float32" else 1e-8}
+    return kw, lambda ps: torch.optim.AdamW(ps, **kw)
+
+
+def sync_torch_to_engine(ours, opt, theirs, topt):
+    """Copy the engine's parameters, buffers and optimizer state into the torch twin."""
+    theirs.load_state_dict(OrderedDict(
+        (k, torch.from_numpy(np.array(v))) for k, v in ours.state_dict(include_feedback=False).items()))
+    tparams = dict(theirs.named_parameters())
+    for name, st in opt.state.items():
+        tst = topt.state[tparams[name]]
+        for slot, v in st.items():
+            tst[slot] = (torch.tensor(float(v)) if slot == "step"
+                         else torch.from_numpy(np.array(v)))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
 def test_training_steps_match_torch(opt_name, dtype):
-    """5 steps on ResNet-20 (fresh batch each step): after every step all parameters,
-    running statistics and counters equal torch's."""
+    """5 steps on ResNet-20 (a fresh batch each step): after every step, all parameters,
+    running statistics and counters equal torch's.
+
+    float64: the two 5-step trajectories run independently. float32: a multi-step
+    float32 trajectory is not a well-posed comparison: a ReLU input within float32
+    rounding of 0 flips its mask in one implementation only, which changes the gradient of
+    every layer below by ~1/sqrt(activations) (~1e-2 relative here), and the trajectories
+    then separate chaotically (measured: PyTorch float32 against PyTorch float64 itself
+    drifts to 1e-3..1e-2 in 5 steps, the engine's float32 drifts no more). So in float32 the
+    torch twin is re-synchronised to the engine's state (weights, buffers, optimizer
+    slots) before each step, and each single step is compared: the engine's own
+    trajectory is never modified.
+    """
     ours, theirs = pair("resnet20", dtype, seed=3)
-    kw, make_torch_opt = OPTIMIZERS[opt_name]
+    kw, make_torch_opt = optimizers(opt_name, dtype)
     opt = build_optimizer(opt_name, list(ours.named_parameters(trainable_only=True)), **kw)
     topt = make_torch_opt(theirs.parameters())
     rng = np.random.default_rng(4)
     tol = TOL[dtype]
-    losses = []
     for step in range(5):
-        x, y = batch(rng, 4, 32, dtype)
+        if dtype == "float32" and step > 0:
+            sync_torch_to_engine(ours, opt, theirs, topt)
+        x, y = comparable_batch(ours, theirs, rng, 4, 32, dtype)
         _, loss = engine_forward_backward(ours, x, y)
         opt.step()
         _, tloss = torch_forward_backward(theirs, x, y, dtype)
         topt.step()
         assert abs(loss - tloss) <= tol * abs(tloss), (step, loss, tloss)
         compare_state(ours, theirs, tol, f"{opt_name} step {step + 1}")
-        losses.append(loss)
     # the steps did move the model (a no-op optimizer could not pass the comparisons,
-    # but check that the parameters actually changed)
+    # but check that the parameters actually changed) and counted 5 BN batches
     fresh, _ = pair("resnet20", dtype, seed=3)
-    assert rel_err(ours.fc.weight.data, fresh.fc.weight.data) > 1e-4
+    assert rel_err(ours.fc.weight.data, fresh.fc.weight.data) > 1e-3
     assert int(ours.bn1.num_batches_tracked) == 5
 
 

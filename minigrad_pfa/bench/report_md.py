@@ -1,0 +1,259 @@
+"""Markdown report (``docs/performance.md``) from the benchmark's JSON.
+
+``python -m minigrad_pfa.bench.report_md bench.json [-o docs/performance.md]``, or
+``minigrad-pfa bench --json bench.json --markdown docs/performance.md`` in one go.
+Everything in the report comes from the JSON: the machine, every target (met or not),
+every record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .suite import MODELS, reference_batches
+from .targets import evaluate_targets, find
+
+_ORDER = ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm", "pfa-r1", "pfa-r10",
+          "pfa-r30", "pfa-o", "pfa-r10-fast", "pfa-r10-literal")
+
+
+def _fmt_s(t, ms=False):
+    if t is None:
+        return "-"
+    return f"{t * 1e3:.2f}" if ms else f"{t:.3f}"
+
+
+def _num(v, fmt="{:.1f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def _table(header, rows) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _rule_key(r):
+    rule = r["rule"]
+    return (_ORDER.index(rule) if rule in _ORDER else len(_ORDER), r["impl"] != "minigrad")
+
+
+def _rule_name(r):
+    if r["impl"] == "torch":
+        return f"{r['rule']} (PyTorch {'autograd' if r['rule'] == 'bp' else 'published PFA'})"
+    return r["rule"]
+
+
+def _model_section(data, model, batch, ms: bool, title: str) -> list[str]:
+    recs = [r for r in data["records"] if r.get("model") == model and r.get("batch") == batch
+            and r.get("group") != "scaling"]
+    if not recs:
+        return []
+    bp = find(recs, model, "bp", "minigrad", batch)
+    unit = "ms" if ms else "s"
+    rows = []
+    for r in sorted(recs, key=_rule_key):
+        if r.get("error"):
+            rows.append([_rule_name(r), "error: " + r["error"][:80]] + ["-"] * 7)
+            continue
+        orders = r.get("pfa_orders")
+        rows.append([
+            _rule_name(r), _fmt_s(r["step_s"], ms),
+            _num(r["step_s"] / bp["step_s"], "{:.2f}") if bp else "-",
+            _fmt_s(min(r["step_times_s"]), ms),
+            _num(r["peak_mb"], "{:.0f}"), _num(r.get("base_mb"), "{:.0f}"),
+            _num(r["flops"] / 1e9, "{:.2f}"), _num(r["gflops"]),
+            _num(100 * r["gemm_fraction"], "{:.0f}%") if r.get("gemm_fraction") else "-",
+            "-" if not orders else f"{orders['fast']}/{orders['literal']}"])
+    lines = [f"## {title}", ""]
+    lines += _table([f"rule", f"step ({unit}, median)", "x engine BP", f"fastest ({unit})",
+                     "peak MB", "base MB", "GFLOP/step", "GFLOP/s", "of GEMM peak",
+                     "PFA layers fast/literal"], rows)
+    return lines
+
+
+def _scaling_section(data, model) -> list[str]:
+    recs = [r for r in data["records"] if r.get("model") == model and not r.get("error")]
+    batches = sorted({r["batch"] for r in recs if r.get("group") == "scaling"})
+    if not batches:
+        return []
+    batches = sorted(set(batches) | {reference_batches(data["machine"]["mode"])["resnet"]})
+    cols = [("bp", "minigrad"), ("pfa-r10", "minigrad"), ("bp", "torch")]
+    rows = []
+    for b in batches:
+        row = [b]
+        for rule, impl in cols:
+            r = find(recs, model, rule, impl, b)
+            row += ["-", "-"] if r is None else [f"{r['step_s']:.3f}",
+                                                 f"{b / r['step_s']:,.0f}"]
+        bp, pfa = find(recs, model, "bp", "minigrad", b), find(recs, model, "pfa-r10",
+                                                                 "minigrad", b)
+        row.append("-" if not (bp and pfa) else f"{pfa['step_s'] / bp['step_s']:.2f}")
+        rows.append(row)
+    lines = ["## Scaling with the batch size (ResNet-20)", ""]
+    lines += _table(["batch", "engine BP s", "img/s", "engine PFA r=10 s", "img/s",
+                     "PyTorch BP s", "img/s", "PFA / BP"], rows)
+    return lines
+
+
+def _loader_section(loader) -> list[str]:
+    if not loader or loader.get("error"):
+        return []
+    c = loader["cifar_augment"]
+    lines = ["## Data loader (`minigrad_pfa.bench.loader`, quick sizes)", ""]
+    rows = [["CIFAR augmentation (crop 32 pad 4, flip, /255, normalise), batch "
+             f"{c['batch']}, {c['images']} images", f"{c['images_per_s']:,.0f} images/s"]]
+    for r in loader.get("imagenet_decode", []):
+        rows.append([f"JPEG decode + random-resized-crop 224 + flip, {r['workers']} "
+                     f"thread(s), {r['images']} images", f"{r['images_per_s']:,.0f} images/s"])
+    for key, name in (("prefetch", "CPU-bound step"), ("prefetch_wait_step", "waiting step "
+                                                        "(as for a GPU)")):
+        p = loader.get(key)
+        if p:
+            rows.append([f"prefetch=2 with a {p['step_ms']:.1f} ms {name}",
+                         f"{100 * p['hidden']:.0f}% of the data time hidden"])
+    return lines + _table(["measurement", "result"], rows)
+
+
+def _profile_section(profiles) -> list[str]:
+    lines = []
+    for p in profiles or []:
+        if p.get("error"):
+            continue
+        total = p["step_s_profiled"]
+        lines += [f"## Profile: {p['model']} {p['rule']} (batch {p['batch']}, "
+                  f"{p['threads']} thread(s), {total:.3f} s/step under cProfile)", ""]
+        rows = [[f"`{t['function']}`", f"`{t['where']}`", t["ncalls"],
+                 f"{t['tottime_s'] * 1e3:.1f}", f"{100 * t['tottime_s'] / total:.0f}%",
+                 f"{t['cumtime_s'] * 1e3:.1f}"] for t in p["top"][:15]]
+        lines += _table(["function", "where", "calls", "own ms/step", "share",
+                         "cumulative ms/step"], rows)
+    return lines
+
+
+def render(data: dict, json_name: str = "") -> str:
+    """The Markdown report for one benchmark JSON."""
+    m = data["machine"]
+    mode = m.get("mode", "full")
+    ref = reference_batches(mode)
+    targets = data.get("targets") or evaluate_targets(data)
+    flag = {"full": "", "quick": " --quick", "tiny": " --tiny"}[mode]
+    cmd = (f"minigrad-pfa bench{flag} --device "
+           f"{m['device_kind']} --threads {m['threads']}")
+    lines = ["# Performance", "",
+             "Generated from the benchmark's JSON"
+             + (f" (`{json_name}`)" if json_name else "") + " by "
+             "`python -m minigrad_pfa.bench.report_md`; do not edit by hand. Reproduce with",
+             "", "```", f"{cmd} --json bench.json --markdown performance.md", "```", "",
+             "Every configuration ran in a fresh subprocess with the same thread settings, "
+             "after warm-up; step times are medians, and comparisons are ratios within "
+             "this one run (absolute times on a shared machine move with its load).", ""]
+    la0, la1 = m.get("load_average_start"), m.get("load_average_end")
+    rows = [["processor", f"{m.get('processor')} ({m.get('cpus')} CPUs, "
+                          f"{m.get('cpus_usable')} usable)"],
+            ["memory", _num(m.get("memory_gb"), "{:.0f} GB")],
+            ["OS / Python / NumPy", f"{m.get('os')} / {m.get('python')} / {m.get('numpy')}"],
+            ["BLAS", f"{m.get('blas')} (threads observed in a worker: "
+                     f"{m.get('blas_threads_observed')})"],
+            ["threads", f"{m['threads']} (set through {', '.join(m['thread_env'])} and "
+                        "torch.set_num_threads)"],
+            ["load average (1, 5, 15 min)",
+             f"start {_loadavg(la0)}, end {_loadavg(la1)}"],
+            ["device", m["device_kind"] + (f" ({m['gpu']}, CuPy {m.get('cupy')})"
+                                           if m.get("gpu") else "")],
+            ["PyTorch", _torch_version(data) if m.get("torch_installed") else "not installed"],
+            ["date (UTC) / commit", f"{m.get('date_utc')} / {m.get('git_commit')}"],
+            ["mode / wall time", f"{mode} / {_num(m.get('wall_s'), '{:.0f} s')}"]]
+    g = data.get("gemm", {})
+    gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
+                         if not v.get("error"))
+    size = next((v["size"] for v in g.values() if not v.get("error")), "?")
+    rows.append([f"float32 GEMM peak ({size} x {size}, best of the repeats)",
+                 gemm_txt or "-"])
+    lines += ["## Machine", ""] + _table(["", ""], rows)
+    if la0 and m.get("cpus_usable") and max(la0[0], (la1 or la0)[0]) > m["cpus_usable"]:
+        lines += [f"The load average exceeded the {m['cpus_usable']} usable CPUs during the "
+                  "run: other processes shared the cores, so absolute times are inflated "
+                  "and noisier than on an idle machine; the ratios below are the figures "
+                  "to read.", ""]
+
+    trows = []
+    for t in targets:
+        v = "-" if t["value"] is None else (f"{t['value']:.0f}" if t["target"] > 100 else
+                                            f"{t['value']:.3g}")
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        trows.append([t["description"], v, f"{t['op']} {t['target']:g}", met, t["detail"]])
+    lines += ["## Targets (issue 6)", ""]
+    if mode != "full":
+        lines += [f"Mode `{mode}`: ResNet-20 at batch {ref['resnet']}, so these are not the "
+                  "targets' batch-128 figures.", ""]
+    lines += _table(["figure", "measured", "target", "met", "from"], trows)
+
+    rm, mm = ref["resnet_model"], ref["mlp_model"]
+    shape = "x".join(str(s) for s in MODELS[rm]["input"])
+    lines += _model_section(data, rm, ref["resnet"], False,
+                            f"ResNet-20 (batch {ref['resnet']}, {shape})")
+    hidden = "-".join(str(h) for h in MODELS[mm]["kwargs"]["hidden"])
+    lines += _model_section(data, mm, ref["mlp"], True,
+                            f"MLP {MODELS[mm]['kwargs']['in_features']}-{hidden}-10 "
+                            f"(batch {ref['mlp']})")
+    lines += _scaling_section(data, rm)
+    lines += _loader_section(data.get("loader"))
+    lines += _profile_section(data.get("profiles"))
+    lines += ["## How the figures are made", "",
+              "- **Step**: forward, softmax cross-entropy, backward (the rule's error "
+              "signals and feedback gradients), SGD (momentum 0.9, weight decay 5e-4) and "
+              "the rule's hooks: `minigrad_pfa.train.train_step`, on synthetic in-memory "
+              "data. PyTorch: the same model and optimizer, in-memory tensors, no "
+              "DataLoader.",
+              "- **PyTorch published PFA**: a `torch.autograd.Function` per layer that runs "
+              "the conv with W *and* a conv with R whose result is kept only for its shape; "
+              "backward: a 1x1 transposed conv with B, a transposed conv with R (input "
+              "error), weight gradients of W and R (`minigrad_pfa.bench.torch_models`).",
+              "- **PFA orders**: `pfa-rN` lets each layer pick the cheaper evaluation order "
+              "by a FLOP count (the last column counts the layers per order); "
+              "`pfa-r10-literal` forces the paper's order everywhere.",
+              "- **peak MB**: the configuration's maximum resident set size "
+              "(`getrusage(RUSAGE_SELF).ru_maxrss`) in its own process; *base MB* is the "
+              "resident size after the imports, before the model exists (PyTorch's "
+              "libraries alone account for a few hundred MB).",
+              "- **GFLOP/step**: the GEMM FLOPs of one step counted analytically per layer "
+              "(`minigrad_pfa.bench.flops`: forward, weight gradient, input error, and each "
+              "rule's extra terms; elementwise work not counted), the same count for both "
+              "implementations of one rule; GFLOP/s = that count / the median step time; "
+              "*of GEMM peak* compares with the float32 GEMM measured in the same run.",
+              ""]
+    return "\n".join(lines)
+
+
+def _loadavg(la):
+    return "-" if not la else ", ".join(f"{v:.2f}" for v in la)
+
+
+def _torch_version(data):
+    for r in data["records"]:
+        if r.get("torch"):
+            return r["torch"]
+    t = data.get("gemm", {}).get("torch")
+    return t.get("version") if t and not t.get("error") else "installed"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minigrad_pfa.bench.report_md",
+                                 description="Markdown report from a benchmark JSON.")
+    ap.add_argument("json", help="the JSON written by 'minigrad-pfa bench --json'")
+    ap.add_argument("-o", "--output", default=None,
+                    help="write here (default: print to stdout)")
+    args = ap.parse_args(argv)
+    data = json.loads(Path(args.json).read_text())
+    text = render(data, json_name=Path(args.json).name)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,319 @@
+"""``minigrad-pfa bench``: training-step time, peak memory and GFLOP/s of this engine
+against PyTorch, side by side in one run.
+
+Every configuration (:func:`minigrad_pfa.bench.suite.build_suite`) runs in a fresh
+subprocess (:mod:`minigrad_pfa.bench.worker`) with the same thread environment, set
+*before* NumPy / PyTorch load their BLAS. One run also measures a float32 GEMM peak and
+the data loader's throughput, and records the machine (CPU, BLAS and its observed thread
+count, load average at the start and the end). Figures from one run are compared as
+ratios: on a shared machine absolute times drift with the load, ratios much less.
+
+JSON written by ``--json FILE``::
+
+    {"machine": {...}, "gemm_peak_gflops": float, "gemm": {...}, "loader": {...},
+     "records": [{"model", "rule", "impl", "device", "batch", "step_s", "peak_mb",
+                  "gflops", ...}, ...], "profiles": [...], "targets": [...]}
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .suite import build_suite
+from .targets import evaluate_targets, format_targets
+from .worker import MARK
+
+#: environment variables through which BLAS / OpenMP runtimes read their thread count
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+#: GEMM size of the peak measurement per mode
+GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
+
+
+def worker_env(threads: int) -> dict:
+    """The subprocess environment: threads pinned, this package importable."""
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(int(threads))
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding minigrad_pfa/
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    return env
+
+
+def run_worker(cfg: dict, env: dict, timeout_s: float) -> dict:
+    """Run one configuration in a fresh process; its result, or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "minigrad_pfa.bench.worker", json.dumps(cfg)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+    return {"error": f"worker exited with status {proc.returncode} after "
+                     f"{time.perf_counter() - t0:.1f} s: " + " | ".join(tail)}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def _loadavg():
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine_block(mode: str, device: str, threads: int) -> dict:
+    import numpy as np
+    torch_spec = importlib.util.find_spec("torch")
+    block = {"node": platform.node(), "processor": _cpu_model(), "cpus": os.cpu_count(),
+             "cpus_usable": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count()),
+             "memory_gb": _memory_gb(), "os": platform.platform(),
+             "python": platform.python_version(), "numpy": np.__version__,
+             "torch_installed": torch_spec is not None, "threads": int(threads),
+             "thread_env": {v: str(int(threads)) for v in THREAD_VARS},
+             "device_kind": device, "mode": mode,
+             "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "git_commit": _git_commit(), "load_average_start": _loadavg()}
+    if device == "cuda":
+        from ..backend import cupy_module
+        cp = cupy_module()
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        block["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
+            else str(props["name"])
+        block["cupy"] = cp.__version__
+    return block
+
+
+def _merge_rounds(results: list[dict]) -> dict:
+    """Several rounds of one configuration -> the round with the lowest median."""
+    ok = [r for r in results if not r.get("error")]
+    if not ok:
+        return results[-1]
+    best = dict(min(ok, key=lambda r: r["step_s"]))
+    if len(results) > 1:
+        best["round_step_s"] = [r.get("step_s") for r in results]
+        best["peak_mb"] = max(r["peak_mb"] for r in ok)
+    return best
+
+
+def _describe(rec: dict) -> str:
+    head = f"{rec.get('model')} {rec.get('rule')} [{rec.get('impl')}] batch {rec.get('batch')}"
+    if rec.get("error"):
+        return f"{head}: ERROR {rec['error']}"
+    t = rec["step_s"]
+    ts = f"{t * 1e3:.2f} ms" if t < 0.1 else f"{t:.3f} s"
+    return (f"{head}: {ts}/step (median of {len(rec['step_times_s'])}), peak "
+            f"{rec['peak_mb']:.0f} MB, {rec['gflops']:.1f} GFLOP/s, load {rec['load1']:.1f}")
+
+
+def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = None,
+              json_path=None, markdown_path=None, rounds: int = 1, profile: bool = False,
+              loader: bool = True, mode: str | None = None, timeout_s: float = 1800.0,
+              log=print) -> dict:
+    """Run the benchmark and return its JSON-able result.
+
+    Parameters
+    ----------
+    quick : bool
+        The ``--quick`` suite (about 3 minutes on one thread).
+    device : {"cpu", "cuda"}
+        ``cuda``: the engine on CuPy against PyTorch on the GPU.
+    threads : int, optional
+        BLAS / OpenMP / PyTorch threads of every worker (default: all usable CPUs).
+    json_path, markdown_path : path, optional
+        Where to write the JSON and the Markdown report (:mod:`.report_md`).
+    rounds : int
+        Run the whole suite this many times and keep each configuration's fastest round
+        (a way to measure through bursts of load from other processes).
+    profile : bool
+        Add cProfile runs of the engine's ResNet-20 BP and PFA (r = 10) steps.
+    loader : bool
+        Include the data-loader benchmark.
+    mode : {"full", "quick", "tiny"}, optional
+        Overrides ``quick``; ``tiny`` is the test suite's seconds-long smoke run.
+    timeout_s : float
+        Per-worker time limit.
+    """
+    mode = mode or ("quick" if quick else "full")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from ..backend import check_device
+        check_device("cuda")  # a clear DeviceError without CuPy or a GPU
+    if threads is None:
+        threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count()) or 1
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if int(rounds) < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    threads = int(threads)
+    env = worker_env(threads)
+    t_start = time.perf_counter()
+    machine = machine_block(mode, device, threads)
+    torch_ok = machine["torch_installed"]
+    log(f"minigrad-pfa bench ({mode}, {device}, {threads} thread(s)) on {machine['processor']}"
+        f", {machine['cpus']} CPUs, load average {machine['load_average_start']}")
+    if not torch_ok:
+        log("PyTorch is not installed: the PyTorch comparisons are skipped "
+            "(pip install torch==2.13.0)")
+
+    def run(cfg):
+        return run_worker(dict(cfg, threads=threads), env, timeout_s)
+
+    # the GEMM peak, in the same thread environment as the steps
+    gemm = {"numpy" if device == "cpu" else "cupy":
+            run({"kind": "gemm", "impl": "numpy", "size": GEMM_SIZE[mode], "device": device})}
+    if torch_ok:
+        gemm["torch"] = run({"kind": "gemm", "impl": "torch", "size": GEMM_SIZE[mode],
+                             "device": device})
+    engine_gemm = next(iter(gemm.values()))
+    peak = engine_gemm.get("gflops_max")
+    if engine_gemm.get("error"):
+        log(f"GEMM peak: ERROR {engine_gemm['error']}")
+    else:
+        machine["blas"] = engine_gemm.get("blas")
+        machine["blas_threads_observed"] = engine_gemm.get("blas_threads")
+        log(f"float32 GEMM {GEMM_SIZE[mode]}: {peak:.1f} GFLOP/s (best of "
+            f"{engine_gemm['repeats']}; {engine_gemm.get('blas')}, BLAS threads "
+            f"{engine_gemm.get('blas_threads')})" + (
+                f"; PyTorch {gemm['torch'].get('gflops_max', float('nan')):.1f} GFLOP/s"
+                if "torch" in gemm else ""))
+
+    suite = build_suite(mode, device, torch_ok, profile=profile)
+    steps = [c for c in suite if c["kind"] == "step"]
+    results = {i: [] for i in range(len(steps))}
+    for k in range(int(rounds)):
+        if rounds > 1:
+            log(f"round {k + 1}/{rounds}")
+        for i, cfg in enumerate(steps):
+            res = run(cfg)
+            if res.get("error"):
+                res.update({key: cfg[key] for key in ("model", "rule", "impl", "batch",
+                                                     "device", "group")})
+            results[i].append(res)
+            log("  " + _describe(res))
+    records = [_merge_rounds(results[i]) for i in range(len(steps))]
+    for r in records:
+        if not r.get("error") and peak:
+            r["gemm_fraction"] = r["gflops"] / peak
+
+    profiles = []
+    for cfg in (c for c in suite if c["kind"] == "profile"):
+        res = run(cfg)
+        profiles.append(res)
+        log(f"  profiled {cfg['model']} {cfg['rule']}: " + (
+            res["error"] if res.get("error") else f"{res['step_s_profiled']:.3f} s/step"))
+
+    loader_res = None
+    if loader and mode != "tiny":
+        loader_res = run({"kind": "loader", "device": "cpu"})
+        if loader_res.get("error"):
+            log(f"loader: ERROR {loader_res['error']}")
+        else:
+            log(f"loader: CIFAR augmentation "
+                f"{loader_res['cifar_augment']['images_per_s']:,.0f} images/s")
+
+    machine["load_average_end"] = _loadavg()
+    machine["wall_s"] = time.perf_counter() - t_start
+    data = {"machine": machine, "gemm_peak_gflops": peak, "gemm": gemm,
+            "records": records, "profiles": profiles, "loader": loader_res}
+    data["targets"] = evaluate_targets(data)
+    log("targets:")
+    for line in format_targets(data["targets"]):
+        log("  " + line)
+    log(f"load average at the end {machine['load_average_end']}; "
+        f"{machine['wall_s']:.0f} s in all")
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
+        log(f"wrote {json_path}")
+    if markdown_path:
+        from .report_md import render
+        Path(markdown_path).write_text(render(data, json_name=str(json_path or "")))
+        log(f"wrote {markdown_path}")
+    return data
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="a short suite (a few minutes on one thread): ResNet-20 at batch 32 "
+                        "(bp, PFA r = 1/10/30 and literal, PyTorch bp and published PFA) "
+                        "and the MLP (bp, pfa-r10, PyTorch bp)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: NumPy vs PyTorch on the CPU; cuda: CuPy vs PyTorch on the GPU")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="write the Markdown report (docs/performance.md)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="BLAS/OpenMP/PyTorch threads of every measurement (default: all "
+                        "usable CPUs); on a shared machine prefer a count that leaves "
+                        "cores free")
+    p.add_argument("--rounds", type=int, default=1, metavar="K",
+                   help="repeat the suite K times, keep each configuration's fastest round")
+    p.add_argument("--profile", action="store_true",
+                   help="also cProfile the engine's ResNet-20 BP and PFA (r = 10) steps")
+    p.add_argument("--no-loader", action="store_true", help="skip the data-loader benchmark")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
+
+
+def run_from_args(args) -> int:
+    data = run_bench(quick=args.quick, device=args.device, threads=args.threads,
+                     json_path=args.json, markdown_path=args.markdown, rounds=args.rounds,
+                     profile=args.profile, loader=not args.no_loader,
+                     mode="tiny" if args.tiny else None)
+    failed = [r for r in data["records"] + data["profiles"] if r.get("error")]
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minigrad_pfa.bench.runner",
+                                description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""What the benchmark measures: rule labels, model shapes and the configuration lists.
+
+A *rule label* names a rule with its options in one token, as it appears in the
+benchmark's records: ``bp``, ``fa``, ``usf``, ``brsf``, ``frsf``, ``dfa``, ``kp``, ``wm``,
+``pfa-r10`` (PFA with expansion ratio r = 10, evaluation order chosen per layer by a FLOP
+count), ``pfa-r10-literal`` / ``pfa-r10-fast`` (the order forced), ``pfa-o`` (orthogonal
+B, r = 1). For ``impl="torch"`` only ``bp`` (autograd) and ``pfa-rN`` (the published
+formulation, :mod:`minigrad_pfa.bench.torch_models`) exist.
+
+A *configuration* is a dict that :mod:`minigrad_pfa.bench.worker` runs in a fresh
+process: ``kind`` ("step", "gemm", "loader", "profile") and its parameters.
+"""
+from __future__ import annotations
+
+import re
+
+#: model key -> engine model name, constructor options, one sample's input shape.
+#: The ``-tiny`` shapes exist for the test suite only (a smoke test in seconds).
+MODELS = {
+    "resnet20": {"name": "resnet20", "kwargs": {}, "input": (3, 32, 32)},
+    "mlp": {"name": "mlp", "kwargs": {"in_features": 784, "hidden": (512, 512)},
+            "input": (784,)},
+    "resnet20-tiny": {"name": "resnet20", "kwargs": {}, "input": (3, 8, 8)},
+    "mlp-tiny": {"name": "mlp", "kwargs": {"in_features": 64, "hidden": (32, 32)},
+                 "input": (64,)},
+}
+
+NUM_CLASSES = 10
+
+_PFA = re.compile(r"^pfa-r(\d+)(?:-(literal|fast))?$")
+_PLAIN = ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm")
+
+
+def rule_spec(label: str) -> dict:
+    """Rule label -> the engine's rule spec dict (:func:`minigrad_pfa.rules.attach_rules`).
+
+    >>> rule_spec("pfa-r30-literal")
+    {'name': 'pfa', 'expand_ratio': 30, 'order': 'literal'}
+    """
+    if label in _PLAIN:
+        return {"name": label}
+    if label == "pfa-o":
+        return {"name": "pfa", "orthogonal": True}
+    m = _PFA.match(label)
+    if m is None:
+        raise ValueError(f"unknown rule label {label!r}; expected one of {list(_PLAIN)}, "
+                         "'pfa-o', 'pfa-rN', 'pfa-rN-literal' or 'pfa-rN-fast'")
+    spec = {"name": "pfa", "expand_ratio": int(m.group(1))}
+    if m.group(2):
+        spec["order"] = m.group(2)
+    return spec
+
+
+def pfa_ratio(label: str) -> int | None:
+    """r of a PFA label (1 for ``pfa-o``), None for other rules."""
+    if label == "pfa-o":
+        return 1
+    m = _PFA.match(label)
+    return int(m.group(1)) if m else None
+
+
+def step_config(model: str, rule: str, impl: str, batch: int, device: str,
+                steps: int, warmup: int, group: str) -> dict:
+    return {"kind": "step", "model": model, "rule": rule, "impl": impl, "batch": int(batch),
+            "device": device, "steps": int(steps), "warmup": int(warmup), "group": group}
+
+
+# The slow configurations (literal PFA order; the published PyTorch formulation) get one
+# warm-up step: their first step already runs every code path once.
+_SLOW = ("pfa-r10-literal",)
+
+
+def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
+                profile: bool = False) -> list[dict]:
+    """The ordered list of step configurations of one benchmark run.
+
+    Parameters
+    ----------
+    mode : {"full", "quick", "tiny"}
+        ``full``: ResNet-20 at batch 128 under every rule of the issue, the MLP at batch
+        64 under every rule, PyTorch BP and published PFA on both, batch scaling 32-256.
+        ``quick``: ResNet-20 at batch 32 (bp, pfa-r1/r10/r30, pfa-r10-literal, PyTorch
+        bp and published PFA) and the MLP (bp, pfa-r10, PyTorch bp). ``tiny``: seconds-long shapes for the tests.
+    device : {"cpu", "cuda"}
+    torch_ok : bool
+        Include the PyTorch configurations.
+    profile : bool
+        Append cProfile runs of the ResNet-20 BP and PFA (r = 10) steps.
+
+    The ResNet-20 group at the reference batch comes first and interleaves the engine
+    with PyTorch, so that the headline ratios are measured close together in time.
+    """
+    if mode not in ("full", "quick", "tiny"):
+        raise ValueError(f"mode must be 'full', 'quick' or 'tiny', got {mode!r}")
+    resnet, mlp = ("resnet20-tiny", "mlp-tiny") if mode == "tiny" else ("resnet20", "mlp")
+    rb = {"full": 128, "quick": 32, "tiny": 4}[mode]
+    mb = {"full": 64, "quick": 64, "tiny": 8}[mode]
+    # (steps, warm-up) per model; the MLP's steps take milliseconds, so take more of them
+    rs, rw = {"full": (5, 2), "quick": (5, 1), "tiny": (5, 1)}[mode]
+    ms, mw = {"full": (30, 5), "quick": (15, 3), "tiny": (5, 1)}[mode]
+
+    def R(rule, impl="minigrad", batch=rb, group="resnet"):
+        slow = rule in _SLOW or (impl == "torch" and rule != "bp")
+        return step_config(resnet, rule, impl, batch, device, rs, 1 if slow else rw, group)
+
+    def M(rule, impl="minigrad"):
+        return step_config(mlp, rule, impl, mb, device, ms, mw, "mlp")
+
+    torch = (lambda rules, f: [f(r, "torch") for r in rules]) if torch_ok else \
+        (lambda rules, f: [])
+    if mode == "full":
+        cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
+                R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30"), R("pfa-o"),
+                R("fa"), R("usf"), R("dfa"), R("kp")]
+        cfgs += [M(r) for r in ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm",
+                                "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o", "pfa-r10-literal",
+                                "pfa-r10-fast")]
+        cfgs += torch(["bp", "pfa-r10"], M)
+        for b in (32, 64, 256):
+            cfgs += [R("bp", batch=b, group="scaling"), R("pfa-r10", batch=b, group="scaling"),
+                     *torch(["bp"], lambda r, i: R(r, i, batch=b, group="scaling"))]
+    elif mode == "quick":
+        cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
+                R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30")]
+        cfgs += [M("bp"), M("pfa-r10"), *torch(["bp"], M)]
+    else:
+        cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
+                R("pfa-r10-literal"), M("bp"), M("pfa-r10")]
+    if profile:
+        for rule in ("bp", "pfa-r10"):
+            c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")
+            c["kind"] = "profile"
+            cfgs.append(c)
+    return cfgs
+
+
+def reference_batches(mode: str) -> dict:
+    """The batch sizes at which the targets are evaluated in this mode."""
+    return {"resnet": {"full": 128, "quick": 32, "tiny": 4}[mode],
+            "mlp": {"full": 64, "quick": 64, "tiny": 8}[mode],
+            "resnet_model": "resnet20-tiny" if mode == "tiny" else "resnet20",
+            "mlp_model": "mlp-tiny" if mode == "tiny" else "mlp"}

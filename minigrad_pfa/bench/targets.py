@@ -1,0 +1,119 @@
+"""The issue's performance targets, evaluated on one benchmark run's records.
+
+Every target is a ratio (or a fraction, or a memory figure) of records from the same run,
+so that a noisy shared machine moves numerator and denominator together. A target whose
+records are missing (``--quick`` skips some) is reported with ``value = None``.
+"""
+from __future__ import annotations
+
+from .suite import reference_batches
+
+#: (key, description, comparison, threshold)
+TARGETS = (
+    ("resnet_pfa_vs_bp", "ResNet-20 PFA (r = 10) step / this engine's BP step", "<=", 1.3),
+    ("resnet_pfa_vs_literal", "ResNet-20 PFA (r = 10) step / this engine's literal PFA order",
+     "<=", 0.2),
+    ("resnet_pfa_r_spread", "ResNet-20 PFA step spread over r in {1, 10, 30}: max / min - 1",
+     "<=", 0.2),
+    ("resnet_pfa_vs_torch_published",
+     "ResNet-20 PFA (r = 10) step / PyTorch published PFA formulation", "<=", 0.25),
+    ("resnet_bp_vs_torch", "ResNet-20 BP step / PyTorch BP step", "<=", 2.0),
+    ("resnet_bp_gemm_fraction", "ResNet-20 BP achieved GFLOP/s / measured GEMM peak", ">=",
+     0.25),
+    ("mlp_bp_vs_torch", "MLP BP step / PyTorch BP step", "<=", 1.1),
+    ("resnet_pfa_peak_mb", "Peak RSS of a ResNet-20 batch-128 PFA (r = 10) step, MB", "<=",
+     1500.0),
+)
+
+
+def find(records, model, rule, impl="minigrad", batch=None, device=None):
+    """The first successful record matching the fields given (None if there is none)."""
+    for r in records:
+        if r.get("error") or r.get("kind", "step") != "step":
+            continue
+        if (r["model"], r["rule"], r["impl"]) != (model, rule, impl):
+            continue
+        if batch is not None and r["batch"] != batch:
+            continue
+        if device is not None and r["device"] != device:
+            continue
+        return r
+    return None
+
+
+def evaluate_targets(data: dict) -> list[dict]:
+    """Each target's measured value, threshold and whether it is met.
+
+    Parameters
+    ----------
+    data : dict
+        The benchmark's JSON (``machine``, ``gemm_peak_gflops``, ``records``).
+
+    Returns
+    -------
+    list of dict: ``key``, ``description``, ``op``, ``target``, ``value`` (float or None),
+    ``met`` (bool or None), ``detail`` (the figures the value is made of).
+    """
+    recs = data["records"]
+    mode = data.get("machine", {}).get("mode", "full")
+    ref = reference_batches(mode)
+    rm, mm, rb, mb = ref["resnet_model"], ref["mlp_model"], ref["resnet"], ref["mlp"]
+    dev = data.get("machine", {}).get("device_kind")
+
+    def step(model, rule, impl="minigrad", batch=rb):
+        r = find(recs, model, rule, impl, batch, dev)
+        return None if r is None else r["step_s"]
+
+    def ratio(a, b, unit="s"):
+        if a is None or b is None:
+            return None, "not measured in this run"
+        scale, fmt = (1e3, "{:.2f} ms") if unit == "ms" else (1.0, "{:.3f} s")
+        return a / b, fmt.format(a * scale) + " / " + fmt.format(b * scale)
+
+    out = []
+    for key, desc, op, thr in TARGETS:
+        value, detail = None, "not measured in this run"
+        if key == "resnet_pfa_vs_bp":
+            value, detail = ratio(step(rm, "pfa-r10"), step(rm, "bp"))
+        elif key == "resnet_pfa_vs_literal":
+            value, detail = ratio(step(rm, "pfa-r10"), step(rm, "pfa-r10-literal"))
+        elif key == "resnet_pfa_r_spread":
+            ts = [step(rm, f"pfa-r{r}") for r in (1, 10, 30)]
+            if None not in ts:
+                value = max(ts) / min(ts) - 1.0
+                detail = "r = 1, 10, 30: " + ", ".join(f"{t:.3f} s" for t in ts)
+        elif key == "resnet_pfa_vs_torch_published":
+            value, detail = ratio(step(rm, "pfa-r10"), step(rm, "pfa-r10", "torch"))
+        elif key == "resnet_bp_vs_torch":
+            value, detail = ratio(step(rm, "bp"), step(rm, "bp", "torch"))
+        elif key == "resnet_bp_gemm_fraction":
+            r = find(recs, rm, "bp", "minigrad", rb, dev)
+            peak = data.get("gemm_peak_gflops")
+            if r is not None and peak:
+                value = r["gflops"] / peak
+                detail = f"{r['gflops']:.1f} / {peak:.1f} GFLOP/s"
+        elif key == "mlp_bp_vs_torch":
+            value, detail = ratio(step(mm, "bp", batch=mb),
+                                  step(mm, "bp", "torch", batch=mb), "ms")
+        elif key == "resnet_pfa_peak_mb":
+            r = find(recs, rm, "pfa-r10", "minigrad", rb, dev)
+            if r is not None:
+                value = r["peak_mb"]
+                detail = f"batch {rb}" + ("" if rb == 128 else " (not the target's batch 128)")
+        met = None if value is None else (value <= thr if op == "<=" else value >= thr)
+        if key == "resnet_pfa_peak_mb" and rb != 128:
+            met = None  # only meaningful at batch 128
+        out.append({"key": key, "description": desc, "op": op, "target": thr,
+                    "value": value, "met": met, "detail": detail})
+    return out
+
+
+def format_targets(targets) -> list[str]:
+    """One plain-text line per target."""
+    lines = []
+    for t in targets:
+        v = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        flag = {True: "met", False: "NOT met", None: "-"}[t["met"]]
+        lines.append(f"{t['description']}: {v} (target {t['op']} {t['target']:g}) "
+                     f"[{flag}] {t['detail']}")
+    return lines

@@ -1,0 +1,52 @@
+"""``minigrad-pfa grid CONFIG... [--seeds ...] [--set K=V ...] [--jobs N] [--out DIR]``."""
+from __future__ import annotations
+
+import shlex
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "grid", help="run configs x seeds (skips finished runs, resumes interrupted ones)",
+        description="Run every config with every seed, each in OUT/<config name>/seed<k> "
+                    "with its output in log.txt. Runs with a results.json are skipped, runs "
+                    "with a latest.npz are resumed; runs go in subprocesses, --jobs at a "
+                    "time, each with max(1, cpus // jobs) BLAS threads unless "
+                    "OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set or --threads is given. "
+                    "Exit status 1 if any run failed.")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML configs")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds for every config (default: each config's 'seeds' list)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a key of every config")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--out", default="runs", help="parent directory (default: runs)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads per run (default: cpus // jobs, or the environment's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and the commands, run nothing")
+    p.set_defaults(func=_cmd_grid)
+
+
+def _cmd_grid(args):
+    from .grid import plan_grid, run_grid, summary_table, train_command
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    runs = plan_grid(args.configs, args.seeds, args.overrides, args.out, args.device)
+    if args.dry_run:
+        for run in runs:
+            what = ("skip (complete)" if run.state == "complete" else
+                    f"NOT RUN: {run.message}" if run.state in ("changed", "running") else
+                    shlex.join(train_command(run, args.device)))
+            print(f"{run.label:32s} {run.state:9s} {what}")
+        return 0
+    try:
+        run_grid(runs, jobs=args.jobs, device=args.device, threads=args.threads)
+    except KeyboardInterrupt:
+        print(summary_table(runs))
+        raise
+    print(summary_table(runs))
+    return 1 if any(r.failed for r in runs) else 0

@@ -1,0 +1,267 @@
+"""The benchmark harness: FLOP counts (hand counts and PyTorch's FLOP counter), the
+published-PFA PyTorch functions (against autograd), target evaluation, and a tiny
+end-to-end run through the command line (JSON schema, Markdown report)."""
+import json
+
+import numpy as np
+import pytest
+
+from minigrad_pfa.bench.flops import LayerGeometry, layer_flops, model_geometry, step_flops
+from minigrad_pfa.bench.suite import MODELS, build_suite, rule_spec
+from minigrad_pfa.bench.targets import evaluate_targets
+from minigrad_pfa.nn.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from minigrad_pfa.nn.models import build_model, finalize
+
+# ------------------------------------------------------------------------ FLOP counts
+
+
+def test_conv_layer_flops_hand_count():
+    # conv 3 -> 16, 3x3, 32x32 output, batch 2: N = 2048 positions, K = 27
+    g = LayerGeometry.conv("c", ic=3, oc=16, kh=3, kw=3, oh=32, ow=32)
+    one = 2 * 2048 * 16 * 27                    # one (N, K) x (K, out) GEMM
+    assert one == 1_769_472
+    t = layer_flops(g, 2, "bp")
+    assert (t["forward"], t["weight_grad"], t["input_error"], t["feedback"]) == \
+        (one, one, one, 0)
+    assert t["total"] == 5_308_416
+    # the first layer sends no error down
+    first = LayerGeometry.conv("c", 3, 16, 3, 3, 32, 32, needs_input_error=False)
+    assert layer_flops(first, 2, "bp")["total"] == 2 * one
+    # DFA: e (10 classes) broadcast over the grid, through D (10, 3, 3, 3)
+    assert layer_flops(g, 2, "dfa")["input_error"] == 2 * 2048 * 10 * 27
+    # WM: + noise forward + Hebbian, both of the forward's size
+    assert layer_flops(g, 2, "wm")["total"] == 5 * one
+
+
+def test_pfa_conv_flops_both_orders_hand_count():
+    # conv 8 -> 4, 3x3, 5x5 output, batch 3, r = 2: N = 75, K = 72, mid = 8
+    g = LayerGeometry.conv("c", ic=8, oc=4, kh=3, kw=3, oh=5, ow=5)
+    N, out, K, mid = 75, 4, 72, 8
+    literal = (2 * N * out * mid      # delta_mid = delta @ B
+               + 2 * N * mid * K      # gR = delta_mid.T @ col
+               + 2 * N * mid * K)     # dx = col2im(delta_mid @ Rmat)
+    fast = (2 * out * mid * K         # M = B @ R
+            + 2 * mid * out * K       # gR = B.T @ gW
+            + 2 * N * out * K)        # dx = col2im(delta @ Mmat)
+    assert (literal, fast) == (4800 + 86400 + 86400, 4608 + 4608 + 43200)
+    base = 2 * N * out * K
+    for order, extra in (("literal", literal), ("fast", fast)):
+        t = layer_flops(g, 3, "pfa", mid=mid, order=order)
+        assert t["feedback"] == extra and t["input_error"] == 0
+        assert t["total"] == 2 * base + extra
+    assert layer_flops(g, 3, "pfa", mid=mid)["feedback"] == min(literal, fast)
+    # published: the literal order plus a forward conv with R kept for its shape
+    assert layer_flops(g, 3, "pfa", mid=mid, published=True)["feedback"] == \
+        literal + 2 * N * mid * K
+
+
+def test_linear_flops_hand_count():
+    g = LayerGeometry.linear("fc1", 784, 512)
+    one = 2 * 64 * 784 * 512
+    assert one == 51_380_224
+    assert layer_flops(g, 64, "bp")["total"] == 3 * one
+    # PFA r = 10 (mid 5120) at batch 64: literal vs fast
+    literal = 2 * 64 * 512 * 5120 + 2 * 2 * 64 * 5120 * 784
+    fast = 2 * 2 * 512 * 5120 * 784 + one
+    t = layer_flops(g, 64, "pfa", mid=5120)
+    assert t["feedback"] == min(literal, fast) == literal  # the MLP picks the literal order
+
+
+def test_model_geometry_reads_layer_shapes():
+    model = finalize(Sequential(Conv2d(3, 4, 3, stride=2, padding=1), ReLU(), Flatten(),
+                                Linear(4 * 5 * 5, 10)))
+    geoms = model_geometry(model, (3, 9, 9))
+    assert [(g.out, g.K, g.positions, g.needs_input_error) for g in geoms] == \
+        [(4, 27, 25, False), (10, 100, 1, True)]
+    # batch 2, BP: conv forward + weight grad (no input error), linear all three
+    assert step_flops(geoms, "bp", 2)["total"] == 2 * (2 * 50 * 4 * 27) + 3 * (2 * 2 * 10 * 100)
+    assert model.training and not model[0].cache  # flags restored, caches cleared
+
+
+@pytest.mark.parametrize("model_key", ["resnet20-tiny", "mlp-tiny"])
+@pytest.mark.parametrize("rule", ["bp", "pfa-r3"])
+def test_step_flops_match_torch_flop_counter(model_key, rule):
+    """PyTorch's own FLOP counter on the PyTorch twin (autograd BP / published PFA)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from minigrad_pfa.bench.torch_models import build_torch_model
+    spec = MODELS[model_key]
+    geoms = model_geometry(build_model(spec["name"], **spec["kwargs"]), spec["input"])
+    torch.manual_seed(0)
+    m = build_torch_model(spec, rule)
+    x, y = torch.randn((3,) + tuple(spec["input"])), torch.randint(0, 10, (3,))
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    assert step_flops(geoms, rule, 3, impl="torch")["total"] == fc.get_total_flops()
+
+
+# ------------------------------------------------------- published PFA in PyTorch
+
+
+def _torch64():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return torch
+
+
+def test_published_pfa_conv_function_against_autograd():
+    torch = _torch64()
+    import torch.nn.functional as F
+
+    from minigrad_pfa.bench.torch_models import PublishedPFAConv2dFunction as Fn
+    d = dict(dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 7, **d, requires_grad=True)
+    W = torch.randn(4, 3, 3, 3, **d, requires_grad=True)
+    R = torch.randn(12, 3, 3, 3, **d, requires_grad=True)
+    B = torch.randn(4, 12, **d)
+    b = torch.randn(4, **d, requires_grad=True)
+    y = Fn.apply(x, W, R, B, b, (2, 2), (1, 1))
+    assert torch.allclose(y, F.conv2d(x, W, b, 2, 1))
+    delta = torch.randn_like(y)
+    dx, gW, gR, gb = torch.autograd.grad(y, (x, W, R, b), delta)
+    # independent: autograd of <delta_mid, conv(x, R)> with delta_mid = delta @ B (channels)
+    delta_mid = torch.einsum("nohw,om->nmhw", delta, B)
+    x2 = x.detach().requires_grad_()
+    R2 = R.detach().requires_grad_()
+    dx_ref, gR_ref = torch.autograd.grad(F.conv2d(x2, R2, None, 2, 1), (x2, R2), delta_mid)
+    W2 = W.detach().requires_grad_()
+    gW_ref, = torch.autograd.grad(F.conv2d(x.detach(), W2, None, 2, 1), (W2,), delta)
+    for a, r in ((dx, dx_ref), (gR, gR_ref), (gW, gW_ref), (gb, delta.sum((0, 2, 3)))):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-10)
+    # gR = B.T @ gW exactly (B is 1x1)
+    assert torch.allclose(gR, torch.einsum("om,oikl->mikl", B, gW), rtol=1e-10, atol=1e-10)
+
+
+def test_published_pfa_linear_with_identity_feedback_is_bp():
+    torch = _torch64()
+    import torch.nn.functional as F
+
+    from minigrad_pfa.bench.torch_models import PublishedPFALinearFunction as Fn
+    d = dict(dtype=torch.float64)
+    x = torch.randn(5, 6, **d, requires_grad=True)
+    W = torch.randn(3, 6, **d, requires_grad=True)
+    R = W.detach().clone().requires_grad_()
+    b = torch.randn(3, **d, requires_grad=True)
+    y = Fn.apply(x, W, R, torch.eye(3, **d), b)
+    delta = torch.randn_like(y)
+    dx, gW, gR, gb = torch.autograd.grad(y, (x, W, R, b), delta)
+    x2, W2, b2 = (t.detach().requires_grad_() for t in (x, W, b))
+    ref = torch.autograd.grad(F.linear(x2, W2, b2), (x2, W2, b2), delta)
+    for a, r in zip((dx, gW, gb), ref):
+        assert torch.allclose(a, r, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gR, gW)
+
+
+def test_first_layer_input_error_is_skipped():
+    torch = _torch64()
+    from minigrad_pfa.bench.torch_models import PublishedPFAConv2dFunction as Fn
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)  # no gradient wanted
+    W = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    R = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = Fn.apply(x, W, R, torch.randn(3, 6, dtype=torch.float64), None, (1, 1), (1, 1))
+    y.sum().backward()
+    assert W.grad is not None and R.grad is not None and x.grad is None
+
+
+# ------------------------------------------------------------------- suite & targets
+
+
+def test_rule_labels():
+    assert rule_spec("bp") == {"name": "bp"}
+    assert rule_spec("pfa-o") == {"name": "pfa", "orthogonal": True}
+    assert rule_spec("pfa-r30") == {"name": "pfa", "expand_ratio": 30}
+    assert rule_spec("pfa-r10-literal") == {"name": "pfa", "expand_ratio": 10,
+                                            "order": "literal"}
+    with pytest.raises(ValueError, match="unknown rule label 'pfa10'"):
+        rule_spec("pfa10")
+    full = build_suite("full", "cpu", torch_ok=True)
+    resnet = {(c["rule"], c["impl"]) for c in full if c["model"] == "resnet20"
+              and c["batch"] == 128}
+    for rule in ("bp", "fa", "usf", "dfa", "kp", "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o",
+                 "pfa-r10-literal"):
+        assert (rule, "minigrad") in resnet
+    assert {("bp", "torch"), ("pfa-r10", "torch")} <= resnet
+    assert {c["batch"] for c in full if c["model"] == "resnet20"} == {32, 64, 128, 256}
+    assert all(c["steps"] >= 5 for c in full)
+    assert not any(c["impl"] == "torch" for c in build_suite("full", "cpu", torch_ok=False))
+
+
+def _rec(model, rule, impl, batch, step_s, **kw):
+    return dict(model=model, rule=rule, impl=impl, device="cpu", batch=batch, step_s=step_s,
+                peak_mb=kw.pop("peak_mb", 100.0), gflops=kw.pop("gflops", 1.0), **kw)
+
+
+def test_targets_from_hand_made_records():
+    recs = [_rec("resnet20", "bp", "minigrad", 128, 1.0, gflops=20.0),
+            _rec("resnet20", "pfa-r10", "minigrad", 128, 1.2, peak_mb=1600.0),
+            _rec("resnet20", "pfa-r10-literal", "minigrad", 128, 10.0),
+            _rec("resnet20", "pfa-r1", "minigrad", 128, 1.1),
+            _rec("resnet20", "pfa-r30", "minigrad", 128, 1.32),
+            _rec("resnet20", "bp", "torch", 128, 0.4),
+            _rec("resnet20", "pfa-r10", "torch", 128, 6.0),
+            _rec("mlp", "bp", "minigrad", 64, 0.0105),
+            _rec("mlp", "bp", "torch", 64, 0.010)]
+    data = {"machine": {"mode": "full", "device_kind": "cpu"}, "gemm_peak_gflops": 100.0,
+            "records": recs}
+    t = {x["key"]: x for x in evaluate_targets(data)}
+    expect = {"resnet_pfa_vs_bp": (1.2, True), "resnet_pfa_vs_literal": (0.12, True),
+              "resnet_pfa_r_spread": (0.2, True), "resnet_pfa_vs_torch_published": (0.2, True),
+              "resnet_bp_vs_torch": (2.5, False), "resnet_bp_gemm_fraction": (0.2, False),
+              "mlp_bp_vs_torch": (1.05, True), "resnet_pfa_peak_mb": (1600.0, False)}
+    for key, (value, met) in expect.items():
+        assert t[key]["value"] == pytest.approx(value), key
+        assert t[key]["met"] is met, key
+    # missing records: reported, not guessed
+    data["records"] = recs[:1]
+    assert {x["key"]: x["value"] for x in evaluate_targets(data)}["resnet_pfa_vs_bp"] is None
+
+
+def test_worker_env_pins_threads():
+    from minigrad_pfa.bench.runner import THREAD_VARS, worker_env
+    env = worker_env(3)
+    assert all(env[v] == "3" for v in THREAD_VARS)
+    import minigrad_pfa
+    import os
+    assert os.path.dirname(os.path.dirname(minigrad_pfa.__file__)) in \
+        env["PYTHONPATH"].split(os.pathsep)
+
+
+# ------------------------------------------------------------ tiny end-to-end run
+
+
+def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
+    from minigrad_pfa.cli import main
+    js, md = tmp_path / "bench.json", tmp_path / "performance.md"
+    rc = main(["bench", "--tiny", "--threads", "1", "--json", str(js), "--markdown", str(md)])
+    assert rc == 0, capsys.readouterr().out
+    data = json.loads(js.read_text())
+    assert {"machine", "gemm_peak_gflops", "records"} <= set(data)
+    m = data["machine"]
+    assert m["threads"] == 1 and m["mode"] == "tiny" and m["device_kind"] == "cpu"
+    assert len(m["load_average_start"]) == 3 and len(m["load_average_end"]) == 3
+    assert m["blas_threads_observed"] in (1, None)  # None only where OpenBLAS is not found
+    assert isinstance(data["gemm_peak_gflops"], float) and data["gemm_peak_gflops"] > 0
+    have_torch = m["torch_installed"]
+    seen = set()
+    for r in data["records"]:
+        assert not r.get("error"), r
+        for key, typ in (("model", str), ("rule", str), ("impl", str), ("device", str),
+                         ("batch", int), ("step_s", float), ("peak_mb", float),
+                         ("gflops", float)):
+            assert isinstance(r[key], typ), key
+        assert r["step_s"] > 0 and r["peak_mb"] > 0 and r["gflops"] > 0
+        assert len(r["step_times_s"]) >= 5 and r["threads"] == 1
+        assert r["step_s"] == pytest.approx(float(np.median(r["step_times_s"])))
+        seen.add((r["model"], r["rule"], r["impl"]))
+    assert {("resnet20-tiny", "bp", "minigrad"), ("resnet20-tiny", "pfa-r10", "minigrad"),
+            ("resnet20-tiny", "pfa-r10-literal", "minigrad"), ("mlp-tiny", "bp", "minigrad")} \
+        <= seen
+    if have_torch:
+        assert {("resnet20-tiny", "bp", "torch"), ("resnet20-tiny", "pfa-r10", "torch")} <= seen
+    lit = next(r for r in data["records"] if r["rule"] == "pfa-r10-literal")
+    assert lit["pfa_orders"] == {"fast": 0, "literal": 20}  # ResNet-20 has 20 weight layers
+    assert {t["key"] for t in data["targets"]} >= {"resnet_pfa_vs_bp", "mlp_bp_vs_torch"}
+    text = md.read_text()
+    assert "## Machine" in text and "## Targets (issue 6)" in text
+    assert "pfa-r10-literal" in text and m["processor"] in text
