@@ -52,22 +52,25 @@ def _model_section(data, model, batch, ms: bool, title: str) -> list[str]:
         return []
     bp = find(recs, model, "bp", "minigrad", batch)
     unit = "ms" if ms else "s"
+    timer = data["machine"].get("timer", "wall")
+    other = "wall" if timer == "cpu" else "cpu"
     rows = []
     for r in sorted(recs, key=_rule_key):
         if r.get("error"):
-            rows.append([_rule_name(r), "error: " + r["error"][:80]] + ["-"] * 7)
+            rows.append([_rule_name(r), "error: " + r["error"][:80]] + ["-"] * 9)
             continue
         orders = r.get("pfa_orders")
         rows.append([
             _rule_name(r), _fmt_s(r["step_s"], ms),
             _num(r["step_s"] / bp["step_s"], "{:.2f}") if bp else "-",
-            _fmt_s(min(r["step_times_s"]), ms),
+            _fmt_s(min(r["step_times_s"]), ms), _fmt_s(r.get(f"step_{other}_s"), ms),
             _num(r["peak_mb"], "{:.0f}"), _num(r.get("base_mb"), "{:.0f}"),
             _num(r["flops"] / 1e9, "{:.2f}"), _num(r["gflops"]),
             _num(100 * r["gemm_fraction"], "{:.0f}%") if r.get("gemm_fraction") else "-",
             "-" if not orders else f"{orders['fast']}/{orders['literal']}"])
     lines = [f"## {title}", ""]
-    lines += _table([f"rule", f"step ({unit}, median)", "x engine BP", f"fastest ({unit})",
+    lines += _table(["rule", f"step ({unit}, {timer}, median)", "x engine BP",
+                     f"fastest ({unit})", f"{other} ({unit}, median)",
                      "peak MB", "base MB", "GFLOP/step", "GFLOP/s", "of GEMM peak",
                      "PFA layers fast/literal"], rows)
     return lines
@@ -123,7 +126,12 @@ def _profile_section(profiles) -> list[str]:
             continue
         total = p["step_s_profiled"]
         lines += [f"## Profile: {p['model']} {p['rule']} (batch {p['batch']}, "
-                  f"{p['threads']} thread(s), {total:.3f} s/step under cProfile)", ""]
+                  f"{p['threads']} thread(s), {total:.3f} s/step of "
+                  f"{p.get('timer', 'wall')} time under cProfile)", "",
+                  "A function's own time includes the NumPy operators it applies with "
+                  "operator syntax (`a @ b`, `+=`, slicing): the GEMMs of the convolutions "
+                  "are the own time of `_conv_gemm` (forward; the stride-1 input error) and "
+                  "`conv2d_weight_grad`; `ascontiguousarray` is mostly im2col's copy.", ""]
         rows = [[f"`{t['function']}`", f"`{t['where']}`", t["ncalls"],
                  f"{t['tottime_s'] * 1e3:.1f}", f"{100 * t['tottime_s'] / total:.0f}%",
                  f"{t['cumtime_s'] * 1e3:.1f}"] for t in p["top"][:15]]
@@ -158,6 +166,7 @@ def render(data: dict, json_name: str = "") -> str:
                      f"{m.get('blas_threads_observed')})"],
             ["threads", f"{m['threads']} (set through {', '.join(m['thread_env'])} and "
                         "torch.set_num_threads)"],
+            ["timer", _TIMERS[m.get("timer", "wall")]],
             ["load average (1, 5, 15 min)",
              f"start {_loadavg(la0)}, end {_loadavg(la1)}"],
             ["device", m["device_kind"] + (f" ({m['gpu']}, CuPy {m.get('cupy')})"
@@ -225,6 +234,12 @@ def render(data: dict, json_name: str = "") -> str:
               "*of GEMM peak* compares with the float32 GEMM measured in the same run.",
               ""]
     return "\n".join(lines)
+
+
+_TIMERS = {"wall": "wall-clock time (`time.perf_counter`)",
+           "cpu": "the worker's CPU time (`time.process_time`, one thread): the step's own "
+                  "work, not the time other processes held the cores; wall-clock medians "
+                  "are listed next to it"}
 
 
 def _loadavg(la):

@@ -112,7 +112,8 @@ def format_targets(targets) -> list[str]:
     """One plain-text line per target."""
     lines = []
     for t in targets:
-        v = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        v = "n/a" if t["value"] is None else (f"{t['value']:.0f}" if t["target"] > 100
+                                              else f"{t['value']:.3g}")
         flag = {True: "met", False: "NOT met", None: "-"}[t["met"]]
         lines.append(f"{t['description']}: {v} (target {t['op']} {t['target']:g}) "
                      f"[{flag}] {t['detail']}")

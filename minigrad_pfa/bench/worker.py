@@ -98,18 +98,25 @@ def _setup_torch(cfg):
     return torch
 
 
-def timed_steps(step, sync, warmup: int, steps: int) -> list[float]:
-    """Run ``warmup`` untimed then ``steps`` timed calls of ``step``; seconds per step."""
+def timed_steps(step, sync, warmup: int, steps: int, timer: str = "wall") -> dict:
+    """Run ``warmup`` untimed then ``steps`` timed calls of ``step``.
+
+    Returns ``{"wall": [...], "cpu": [...], "times": [...]}``: seconds per step by the
+    wall clock and by this process's CPU time (all its threads), and the list of the
+    chosen ``timer``. With one thread, CPU time is the step's own work, insensitive to
+    other processes taking turns on the cores (not to their cache and memory traffic).
+    """
     for _ in range(warmup):
         step()
         sync()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
         sync()
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu, "times": cpu if timer == "cpu" else wall}
 
 
 # ------------------------------------------------------------------------ engine side
@@ -163,8 +170,8 @@ def run_step(cfg) -> dict:
     if cfg["impl"] == "minigrad":
         model, layers, opt, x, y, sync, geoms = _minigrad_setup(cfg)
         setup_mb = current_rss_mb()
-        times = timed_steps(lambda: train_step(model, layers, opt, x, y), sync,
-                            cfg["warmup"], cfg["steps"])
+        timing = timed_steps(lambda: train_step(model, layers, opt, x, y), sync,
+                             cfg["warmup"], cfg["steps"], cfg.get("timer", "wall"))
         orders = _pfa_orders(layers)
         gpu_mb = _gpu_peak_mb_cupy() if cfg["device"] == "cuda" else None
         extra = {}
@@ -195,7 +202,7 @@ def run_step(cfg) -> dict:
             opt.step()
 
         sync = torch.cuda.synchronize if cfg["device"] == "cuda" else (lambda: None)
-        times = timed_steps(step, sync, cfg["warmup"], cfg["steps"])
+        timing = timed_steps(step, sync, cfg["warmup"], cfg["steps"], cfg.get("timer", "wall"))
         orders = None
         gpu_mb = (torch.cuda.max_memory_reserved() / 2 ** 20 if cfg["device"] == "cuda"
                   else None)
@@ -205,11 +212,14 @@ def run_step(cfg) -> dict:
         raise ValueError(f"unknown impl {cfg['impl']!r}")
     flops = step_flops(geoms, cfg["rule"], cfg["batch"], NUM_CLASSES, orders=orders,
                        impl=cfg["impl"])
+    times = timing["times"]
     step_s = statistics.median(times)
     host_mb = peak_rss_mb()
     rec = {"model": cfg["model"], "rule": cfg["rule"], "impl": cfg["impl"],
            "device": cfg["device"], "batch": cfg["batch"], "group": cfg.get("group"),
            "step_s": step_s, "step_min_s": min(times), "step_times_s": times,
+           "timer": cfg.get("timer", "wall"), "step_wall_s": statistics.median(timing["wall"]),
+           "step_cpu_s": statistics.median(timing["cpu"]),
            "warmup": cfg["warmup"],
            "peak_mb": gpu_mb if gpu_mb is not None else host_mb,
            "host_peak_mb": host_mb, "base_mb": base_mb, "setup_mb": setup_mb,
@@ -247,9 +257,12 @@ def run_gemm(cfg) -> dict:
         sync = synchronize
         call = lambda: xp.matmul(a, b, out=out)  # noqa: E731
         version = np.__version__
-    times = timed_steps(call, sync, 2, reps)
+    timing = timed_steps(call, sync, 2, reps, cfg.get("timer", "wall"))
+    times = timing["times"]
     flop = 2.0 * size ** 3
     res = {"impl": impl, "device": dev, "size": size, "repeats": reps, "times_s": times,
+           "timer": cfg.get("timer", "wall"),
+           "gflops_max_wall": flop / min(timing["wall"]) / 1e9,
            "gflops_max": flop / min(times) / 1e9,
            "gflops_median": flop / statistics.median(times) / 1e9,
            "threads": cfg["threads"], "version": version, "load1": load1()}
@@ -272,14 +285,16 @@ def run_profile(cfg) -> dict:
     from ..train import train_step
     model, layers, opt, x, y, sync, _ = _minigrad_setup(cfg)
     timed_steps(lambda: train_step(model, layers, opt, x, y), sync, cfg["warmup"], 0)
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
+    # with the CPU timer, cProfile charges CPU time too (one thread: the function's own work)
+    clock = time.process_time if cfg.get("timer") == "cpu" else time.perf_counter
+    prof = cProfile.Profile(clock)
+    t0 = clock()
     prof.enable()
     for _ in range(cfg["steps"]):
         train_step(model, layers, opt, x, y)
     sync()
     prof.disable()
-    wall = (time.perf_counter() - t0) / cfg["steps"]
+    per_step = (clock() - t0) / cfg["steps"]
     stats = pstats.Stats(prof)
     rows = []
     for (path, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
@@ -287,7 +302,8 @@ def run_profile(cfg) -> dict:
                      "tottime_s": tt / cfg["steps"], "cumtime_s": ct / cfg["steps"]})
     rows.sort(key=lambda r: -r["tottime_s"])
     return {"model": cfg["model"], "rule": cfg["rule"], "batch": cfg["batch"],
-            "device": cfg["device"], "steps": cfg["steps"], "step_s_profiled": wall,
+            "device": cfg["device"], "steps": cfg["steps"], "step_s_profiled": per_step,
+            "timer": cfg.get("timer", "wall"),
             "threads": cfg["threads"], "top": rows[:int(cfg.get("top", 20))],
             "load1": load1()}
 

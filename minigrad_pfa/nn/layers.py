@@ -154,6 +154,10 @@ class Linear(WeightLayer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.qualname or 'Linear'}: expected input (n, {self.in_features}), "
                              f"got {tuple(x.shape)}")
+        if x.dtype != self.weight.data.dtype:
+            # NEP 50 would silently promote a float32 layer to float64 (as Conv2d, refuse)
+            raise TypeError(f"{self.qualname or 'Linear'}: input dtype {x.dtype} does not match "
+                            f"the layer's {self.weight.data.dtype}; cast the input first")
         self.cache["x"] = x
         return F_lin.linear_forward(x, self.weight.data,
                                     None if self.bias is None else self.bias.data)

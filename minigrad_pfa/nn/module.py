@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..backend import device_of, to_device
+from ..backend import check_device, device_of, to_device
 
 
 class Parameter:
@@ -184,7 +184,16 @@ class Module:
         return "cpu"
 
     def to(self, device: str) -> "Module":
-        """Move every parameter, gradient and buffer to ``device`` (in place)."""
+        """Move every parameter, gradient and buffer to ``device`` (in place).
+
+        Raises
+        ------
+        ValueError
+            Unknown device name.
+        DeviceError
+            ``"cuda"`` without CuPy or a usable CUDA device (checked before anything moves).
+        """
+        check_device(device)
         for _, m in self.named_modules():
             for p in m._params.values():
                 p.data = to_device(p.data, device)
@@ -226,7 +235,15 @@ class Module:
         """Copy arrays into the module's parameters and buffers (shape-checked).
 
         Values are converted to each target's device and dtype. With ``strict`` a missing
-        or unexpected key is an error that lists the keys.
+        or unexpected key is an error that lists the keys. Every value is checked before
+        any is assigned, so a failed load leaves the module unchanged.
+
+        Raises
+        ------
+        KeyError
+            ``strict`` and keys missing from ``state`` or unknown to the module.
+        ValueError
+            A value's shape differs from the module's array (every mismatch is listed).
         """
         own = self.state_dict()
         missing = [k for k in own if k not in state]
@@ -235,15 +252,22 @@ class Module:
             raise KeyError(f"state_dict mismatch: missing={missing[:10]}"
                            f"{'...' if len(missing) > 10 else ''} "
                            f"unexpected={unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        bad = [f"{k}: shape {tuple(np.shape(state[k]))} does not match the model's "
+               f"{tuple(v.shape)}" for k, v in own.items()
+               if k in state and tuple(np.shape(state[k])) != tuple(v.shape)]
+        if bad:
+            raise ValueError("state_dict shape mismatch: " + "; ".join(bad[:10])
+                             + ("..." if len(bad) > 10 else ""))
+        new = OrderedDict((k, _coerce_like(state[k], v, k)) for k, v in own.items() if k in state)
         for mname, m in self.named_modules():
             for pname, p in m._params.items():
                 key = f"{mname}.{pname}" if mname else pname
-                if key in state:
-                    p.data = _coerce_like(state[key], p.data, key)
+                if key in new:
+                    p.data = new[key]
             for bname, b in list(m._buffers.items()):
                 key = f"{mname}.{bname}" if mname else bname
-                if key in state and b is not None:
-                    m._buffers[bname] = _coerce_like(state[key], b, key)
+                if key in new and b is not None:
+                    m._buffers[bname] = new[key]
 
 
 def _coerce_like(value, like, key: str):
