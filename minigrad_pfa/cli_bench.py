@@ -2,16 +2,18 @@
 
 ::
 
-    minigrad-pfa bench --quick --threads 1                 # about 3 minutes on one thread
-    minigrad-pfa bench --threads 1 --json docs/bench_cpu.json --markdown docs/performance.md
+    minigrad-pfa bench --quick --threads 1                 # a few minutes on one thread
+    minigrad-pfa bench --threads 1 --timer cpu --profile --json bench.json --markdown perf.md
     minigrad-pfa bench --device cuda --json bench_gpu.json # CuPy against PyTorch on the GPU
 
 Training-step time (median after warm-up), peak memory (each configuration's maximum
 resident set size in a fresh subprocess) and GFLOP/s against a float32 GEMM peak measured
 in the same run, for ResNet-20 and the MLP under every learning rule, PyTorch's autograd
 BP and the published PFA formulation, batch-size scaling, and the data loader. On a
-shared machine set ``--threads`` to what is free: oversubscribed BLAS threads slow down
-by far more than the lost share. See :mod:`minigrad_pfa.bench.runner`.
+shared machine set ``--threads`` to what is free (oversubscribed BLAS threads slow down
+by far more than the lost share), and with one thread prefer ``--timer cpu``: the
+worker's CPU time does not count the time other processes held the core. See
+:mod:`minigrad_pfa.bench.runner`.
 """
 from __future__ import annotations
 

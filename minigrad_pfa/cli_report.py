@@ -20,6 +20,9 @@ def add_parser(sub):
     p.add_argument("--e5-reps", type=int, default=10,
                    help="draws per expansion ratio for --e5 (published: 100; default 10)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--markdown", metavar="FILE", default=None,
+                   help="write the Markdown to FILE (e.g. RESULTS.md) instead of OUT/report.md; "
+                        "figures stay in OUT and are linked relative to FILE")
     p.set_defaults(func=_cmd_report)
 
 
@@ -31,6 +34,7 @@ def _cmd_report(args):
     if args.e5_reps < 1:
         raise ValueError(f"--e5-reps must be >= 1, got {args.e5_reps}")
     path = write_report(args.runs, args.out, e5=args.e5, e5_reps=args.e5_reps,
-                        plots=not args.no_plots, command=getattr(args, "command_line", None))
+                        plots=not args.no_plots, command=getattr(args, "command_line", None),
+                        markdown=args.markdown)
     print(f"wrote {path}")
     return 0

@@ -353,7 +353,8 @@ def _protocol_title(runs) -> str:
 
 
 def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10,
-                 plots: bool = True, command: str | None = None) -> str:
+                 plots: bool = True, command: str | None = None,
+                 markdown: str | None = None) -> str:
     """Write ``out/report.md`` (+ PNGs and summary.json) for the runs under ``paths``.
 
     Parameters
@@ -368,6 +369,9 @@ def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10
         Draw the PNG figures (False: tables only).
     command : str, optional
         The command line, quoted in the report.
+    markdown : str, optional
+        Write the Markdown here instead of ``out/report.md`` (e.g. the repository's
+        RESULTS.md); its figure links then point into ``out``.
 
     Returns
     -------
@@ -407,9 +411,14 @@ def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10
     if runs:
         md += _runs_section(groups)
 
-    path = os.path.join(out, "report.md")
+    path = markdown or os.path.join(out, "report.md")
+    text = "\n".join(md).rstrip() + "\n"
+    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(path)))
+    if rel != ".":  # figure links are relative to ``out``
+        text = re.sub(r"(!\[[^\]]*\]\()([^)/]+\.png\))", lambda m: f"{m.group(1)}{rel}/{m.group(2)}",
+                      text)
     with open(path, "w") as fh:
-        fh.write("\n".join(md).rstrip() + "\n")
+        fh.write(text)
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump([dict(v) for v in summaries.values()], fh, indent=1)
     return path

@@ -233,12 +233,14 @@ def test_worker_env_pins_threads():
 def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     from minigrad_pfa.cli import main
     js, md = tmp_path / "bench.json", tmp_path / "performance.md"
-    rc = main(["bench", "--tiny", "--threads", "1", "--json", str(js), "--markdown", str(md)])
+    rc = main(["bench", "--tiny", "--threads", "1", "--timer", "cpu", "--json", str(js),
+               "--markdown", str(md)])
     assert rc == 0, capsys.readouterr().out
     data = json.loads(js.read_text())
     assert {"machine", "gemm_peak_gflops", "records"} <= set(data)
     m = data["machine"]
     assert m["threads"] == 1 and m["mode"] == "tiny" and m["device_kind"] == "cpu"
+    assert m["timer"] == "cpu"
     assert len(m["load_average_start"]) == 3 and len(m["load_average_end"]) == 3
     assert m["blas_threads_observed"] in (1, None)  # None only where OpenBLAS is not found
     assert isinstance(data["gemm_peak_gflops"], float) and data["gemm_peak_gflops"] > 0
@@ -253,6 +255,7 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
         assert r["step_s"] > 0 and r["peak_mb"] > 0 and r["gflops"] > 0
         assert len(r["step_times_s"]) >= 5 and r["threads"] == 1
         assert r["step_s"] == pytest.approx(float(np.median(r["step_times_s"])))
+        assert r["timer"] == "cpu" and r["step_cpu_s"] == r["step_s"] and r["step_wall_s"] > 0
         seen.add((r["model"], r["rule"], r["impl"]))
     assert {("resnet20-tiny", "bp", "minigrad"), ("resnet20-tiny", "pfa-r10", "minigrad"),
             ("resnet20-tiny", "pfa-r10-literal", "minigrad"), ("mlp-tiny", "bp", "minigrad")} \
@@ -265,3 +268,9 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     text = md.read_text()
     assert "## Machine" in text and "## Targets (issue 6)" in text
     assert "pfa-r10-literal" in text and m["processor"] in text
+
+
+def test_cpu_timer_needs_one_thread():
+    from minigrad_pfa.bench.runner import run_bench
+    with pytest.raises(ValueError, match="timer 'cpu' needs --threads 1"):
+        run_bench(mode="tiny", threads=2, timer="cpu", log=lambda *a: None)

@@ -80,7 +80,8 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         ``full``: ResNet-20 at batch 128 under every rule of the issue, the MLP at batch
         64 under every rule, PyTorch BP and published PFA on both, batch scaling 32-256.
         ``quick``: ResNet-20 at batch 32 (bp, pfa-r1/r10/r30, pfa-r10-literal, PyTorch
-        bp and published PFA) and the MLP (bp, pfa-r10, PyTorch bp). ``tiny``: seconds-long shapes for the tests.
+        bp and published PFA) and the MLP (bp, pfa-r10, PyTorch bp). ``tiny``:
+        seconds-long shapes for the tests.
     device : {"cpu", "cuda"}
     torch_ok : bool
         Include the PyTorch configurations.

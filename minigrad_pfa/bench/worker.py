@@ -95,6 +95,9 @@ def blas_info() -> str | None:
 def _setup_torch(cfg):
     import torch
     torch.set_num_threads(int(cfg["threads"]))
+    if cfg.get("device") == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"PyTorch {torch.__version__} sees no CUDA device; install a CUDA "
+                           "build of torch to compare on the GPU")
     return torch
 
 
