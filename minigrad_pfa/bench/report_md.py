@@ -47,7 +47,7 @@ def _rule_name(r):
 
 def _model_section(data, model, batch, ms: bool, title: str) -> list[str]:
     recs = [r for r in data["records"] if r.get("model") == model and r.get("batch") == batch
-            and r.get("group") != "scaling"]
+            and r.get("group") not in ("scaling", "proposal")]
     if not recs:
         return []
     bp = find(recs, model, "bp", "minigrad", batch)
@@ -98,6 +98,31 @@ def _scaling_section(data, model) -> list[str]:
     lines += _table(["batch", "engine BP s", "img/s", "engine PFA r=10 s", "img/s",
                      "PyTorch BP s", "img/s", "PFA / BP"], rows)
     return lines
+
+
+def _proposal_section(data) -> list[str]:
+    recs = [r for r in data["records"] if r.get("group") == "proposal"]
+    if not recs:
+        return []
+    timer = data["machine"].get("timer", "wall")
+    rows = []
+    for r in recs:
+        if r.get("error"):
+            rows.append([r["rule"], "+".join(r.get("variants") or ["(engine as is)"]),
+                         "error: " + r["error"][:80], "-", "-", "-"])
+            continue
+        base = next((b for b in recs if not b.get("error") and not b.get("variants")
+                     and b["rule"] == r["rule"]), None)
+        rows.append([r["rule"], " + ".join(r.get("variants") or ["(engine as is)"]),
+                     f"{r['step_s']:.3f}",
+                     "-" if base is None else f"{r['step_s'] / base['step_s']:.2f}",
+                     f"{r['peak_mb']:.0f}", f"{r['gflops']:.1f}"])
+    return ["## Proposed engine speed-ups (prototypes, `minigrad_pfa.bench.proto`)", "",
+            f"The engine's ResNet-20 step (batch {recs[0]['batch']}) measured again next to "
+            "the same step with prototype changes applied in the worker process; "
+            "*x as is* is the ratio to the unchanged engine measured in this block.", ""] + \
+        _table(["rule", "variant", f"step (s, {timer}, median)", "x as is", "peak MB",
+                "GFLOP/s"], rows)
 
 
 def _loader_section(loader) -> list[str]:
@@ -208,6 +233,7 @@ def render(data: dict, json_name: str = "") -> str:
                             f"MLP {MODELS[mm]['kwargs']['in_features']}-{hidden}-10 "
                             f"(batch {ref['mlp']})")
     lines += _scaling_section(data, rm)
+    lines += _proposal_section(data)
     lines += _loader_section(data.get("loader"))
     lines += _profile_section(data.get("profiles"))
     lines += ["## How the figures are made", "",

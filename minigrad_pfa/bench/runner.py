@@ -141,6 +141,8 @@ def _merge_rounds(results: list[dict]) -> dict:
 
 def _describe(rec: dict) -> str:
     head = f"{rec.get('model')} {rec.get('rule')} [{rec.get('impl')}] batch {rec.get('batch')}"
+    if rec.get("variants"):
+        head += " + " + "+".join(rec["variants"])
     if rec.get("error"):
         return f"{head}: ERROR {rec['error']}"
     t = rec["step_s"]
@@ -154,7 +156,7 @@ def _describe(rec: dict) -> str:
 
 def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = None,
               json_path=None, markdown_path=None, rounds: int = 1, profile: bool = False,
-              loader: bool = True, mode: str | None = None, timer: str = "wall",
+              proposals: bool = False, loader: bool = True, mode: str | None = None, timer: str = "wall",
               timeout_s: float = 1800.0, log=print) -> dict:
     """Run the benchmark and return its JSON-able result.
 
@@ -173,6 +175,8 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         (a way to measure through bursts of load from other processes).
     profile : bool
         Add cProfile runs of the engine's ResNet-20 BP and PFA (r = 10) steps.
+    proposals : bool
+        Add the same steps under the prototype speed-ups of :mod:`.proto` (CPU).
     loader : bool
         Include the data-loader benchmark.
     mode : {"full", "quick", "tiny"}, optional
@@ -239,7 +243,7 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
                 f"; PyTorch {gemm['torch'].get('gflops_max', float('nan')):.1f} GFLOP/s"
                 if "torch" in gemm else ""))
 
-    suite = build_suite(mode, device, torch_ok, profile=profile)
+    suite = build_suite(mode, device, torch_ok, profile=profile, proposals=proposals)
     steps = [c for c in suite if c["kind"] == "step"]
     results = {i: [] for i in range(len(steps))}
     for k in range(int(rounds)):
@@ -250,6 +254,8 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
             if res.get("error"):
                 res.update({key: cfg[key] for key in ("model", "rule", "impl", "batch",
                                                      "device", "group")})
+                if cfg.get("variants"):
+                    res["variants"] = cfg["variants"]
             results[i].append(res)
             log("  " + _describe(res))
     records = [_merge_rounds(results[i]) for i in range(len(steps))]
@@ -311,6 +317,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="repeat the suite K times, keep each configuration's fastest round")
     p.add_argument("--profile", action="store_true",
                    help="also cProfile the engine's ResNet-20 BP and PFA (r = 10) steps")
+    p.add_argument("--proposals", action="store_true",
+                   help="also measure the ResNet-20 BP and PFA steps under the prototype "
+                        "engine speed-ups of minigrad_pfa.bench.proto (CPU)")
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader benchmark")
     p.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                    help="what the step times measure: wall-clock time (default), or the "
@@ -322,7 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(args) -> int:
     data = run_bench(quick=args.quick, device=args.device, threads=args.threads,
                      json_path=args.json, markdown_path=args.markdown, rounds=args.rounds,
-                     profile=args.profile, loader=not args.no_loader,
+                     profile=args.profile, proposals=args.proposals,
+                     loader=not args.no_loader,
                      mode="tiny" if args.tiny else None, timer=args.timer)
     failed = [r for r in data["records"] + data["profiles"] if r.get("error")]
     return 1 if failed else 0

@@ -70,8 +70,12 @@ def step_config(model: str, rule: str, impl: str, batch: int, device: str,
 _SLOW = ("pfa-r10-literal",)
 
 
+#: engine variants measured by ``--proposals`` (:mod:`minigrad_pfa.bench.proto`)
+PROPOSALS = (("malloc-keep",), ("chunked-conv",), ("malloc-keep", "chunked-conv"))
+
+
 def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
-                profile: bool = False) -> list[dict]:
+                profile: bool = False, proposals: bool = False) -> list[dict]:
     """The ordered list of step configurations of one benchmark run.
 
     Parameters
@@ -87,6 +91,9 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         Include the PyTorch configurations.
     profile : bool
         Append cProfile runs of the ResNet-20 BP and PFA (r = 10) steps.
+    proposals : bool
+        Append the ResNet-20 BP and PFA (r = 10) steps under each prototype variant of
+        :data:`PROPOSALS` (CPU only), right after the same steps without one.
 
     The ResNet-20 group at the reference batch comes first and interleaves the engine
     with PyTorch, so that the headline ratios are measured close together in time.
@@ -127,6 +134,13 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
     else:
         cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
                 R("pfa-r10-literal"), M("bp"), M("pfa-r10")]
+    if proposals and device == "cpu":
+        rules = ("bp",) if mode == "tiny" else ("bp", "pfa-r10")
+        variants = PROPOSALS[-1:] if mode == "tiny" else PROPOSALS
+        for rule in rules:
+            cfgs.append(R(rule, group="proposal"))
+            for v in variants:
+                cfgs.append(dict(R(rule, group="proposal"), variants=list(v)))
     if profile:
         for rule in ("bp", "pfa-r10"):
             c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")

@@ -29,7 +29,7 @@ TARGETS = (
 def find(records, model, rule, impl="minigrad", batch=None, device=None):
     """The first successful record matching the fields given (None if there is none)."""
     for r in records:
-        if r.get("error") or r.get("kind", "step") != "step":
+        if r.get("error") or r.get("variants") or r.get("kind", "step") != "step":
             continue
         if (r["model"], r["rule"], r["impl"]) != (model, rule, impl):
             continue

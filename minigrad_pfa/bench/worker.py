@@ -166,6 +166,9 @@ def run_step(cfg) -> dict:
     from .suite import MODELS, NUM_CLASSES
 
     from ..train import train_step
+    if cfg.get("variants"):
+        from .proto import apply_variants
+        apply_variants(cfg["variants"])
     if cfg["impl"] == "torch":
         torch = _setup_torch(cfg)
     # resident size with every library loaded, before the model and data exist
@@ -231,6 +234,8 @@ def run_step(cfg) -> dict:
                                                      "feedback")},
            "gflops": flops["total"] / step_s / 1e9, "threads": cfg["threads"],
            "load1": load1()}
+    if cfg.get("variants"):
+        rec["variants"] = list(cfg["variants"])
     rec.update(extra)
     return rec
 

@@ -113,6 +113,19 @@ class BasicBlock(Module):
         return dbranch + dshort
 
 
+def make_stages(in_planes: int, stages, shortcut: str, dtype) -> "OrderedDict[str, Module]":
+    """``layer1, layer2, ...``: one Sequential of BasicBlocks per ``(planes, stride, blocks)``;
+    only a stage's first block strides (and changes the width)."""
+    out: "OrderedDict[str, Module]" = OrderedDict()
+    for i, (planes, stride, n_blocks) in enumerate(stages, start=1):
+        blocks = []
+        for b in range(n_blocks):
+            blocks.append(BasicBlock(in_planes, planes, stride if b == 0 else 1, shortcut, dtype))
+            in_planes = planes
+        out[f"layer{i}"] = Sequential(*blocks)
+    return out
+
+
 class CifarResNet(Sequential):
     """CIFAR ResNet-(6k+2): conv3x3(16)+BN+ReLU, 3 stages of ``k`` BasicBlocks (16/32/64
     channels, strides 1/2/2, option-A shortcuts), global average pooling, fc 64 -> classes.
@@ -129,14 +142,7 @@ class CifarResNet(Sequential):
         layers["conv1"] = Conv2d(in_channels, 16, 3, 1, 1, bias=False, dtype=dtype)
         layers["bn1"] = BatchNorm2d(16, dtype=dtype)
         layers["relu"] = ReLU()
-        in_planes = 16
-        for stage, (planes, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
-            blocks = []
-            for b in range(k):
-                blocks.append(BasicBlock(in_planes, planes, stride if b == 0 else 1,
-                                         shortcut, dtype))
-                in_planes = planes
-            layers[f"layer{stage}"] = Sequential(*blocks)
+        layers.update(make_stages(16, [(16, 1, k), (32, 2, k), (64, 2, k)], shortcut, dtype))
         layers["avgpool"] = GlobalAvgPool2d()
         layers["fc"] = Linear(64, num_classes, dtype=dtype)
         super().__init__(layers)
@@ -160,15 +166,9 @@ class ImageNetResNet(Sequential):
         layers["bn1"] = BatchNorm2d(64, dtype=dtype)
         layers["relu"] = ReLU()
         layers["maxpool"] = MaxPool2d(3, 2, 1)
-        in_planes = 64
-        for stage, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512),
-                                                       self.BLOCKS[depth]), start=1):
-            stride = 1 if stage == 1 else 2
-            blocks = []
-            for b in range(n_blocks):
-                blocks.append(BasicBlock(in_planes, planes, stride if b == 0 else 1, "B", dtype))
-                in_planes = planes
-            layers[f"layer{stage}"] = Sequential(*blocks)
+        stages = [(planes, 1 if i == 0 else 2, n)
+                  for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.BLOCKS[depth]))]
+        layers.update(make_stages(64, stages, "B", dtype))
         layers["avgpool"] = GlobalAvgPool2d()
         layers["fc"] = Linear(512, num_classes, dtype=dtype)
         super().__init__(layers)
