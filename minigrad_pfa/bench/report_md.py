@@ -171,17 +171,20 @@ def render(data: dict, json_name: str = "") -> str:
     mode = m.get("mode", "full")
     ref = reference_batches(mode)
     targets = data.get("targets") or evaluate_targets(data)
-    flag = {"full": "", "quick": " --quick", "tiny": " --tiny"}[mode]
-    cmd = (f"minigrad-pfa bench{flag} --device "
-           f"{m['device_kind']} --threads {m['threads']}")
+    rounds = max([len(r.get("round_step_s") or [0]) for r in data["records"]] or [1])
+    cmd = m.get("command") or (f"minigrad-pfa bench --device {m['device_kind']} "
+                               f"--threads {m['threads']}")
     lines = ["# Performance", "",
              "Generated from the benchmark's JSON"
              + (f" (`{json_name}`)" if json_name else "") + " by "
              "`python -m minigrad_pfa.bench.report_md`; do not edit by hand. Reproduce with",
              "", "```", f"{cmd} --json bench.json --markdown performance.md", "```", "",
              "Every configuration ran in a fresh subprocess with the same thread settings, "
-             "after warm-up; step times are medians, and comparisons are ratios within "
-             "this one run (absolute times on a shared machine move with its load).", ""]
+             "after warm-up; step times are medians"
+             + (f" (of each configuration's fastest of {rounds} rounds through the whole "
+                "suite)" if rounds > 1 else "")
+             + ", and comparisons are ratios within this one run (absolute times on a "
+             "shared machine move with its load).", ""]
     la0, la1 = m.get("load_average_start"), m.get("load_average_end")
     rows = [["processor", f"{m.get('processor')} ({m.get('cpus')} CPUs, "
                           f"{m.get('cpus_usable')} usable)"],

@@ -213,6 +213,11 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     t_start = time.perf_counter()
     machine = machine_block(mode, device, threads)
     machine["timer"] = timer
+    parts = ["minigrad-pfa bench", {"full": "", "quick": "--quick", "tiny": "--tiny"}[mode],
+             f"--device {device} --threads {threads} --timer {timer}",
+             f"--rounds {rounds}" if rounds > 1 else "", "--profile" if profile else "",
+             "--proposals" if proposals else "", "" if loader else "--no-loader"]
+    machine["command"] = " ".join(p for p in parts if p)  # to reproduce this run
     torch_ok = machine["torch_installed"]
     log(f"minigrad-pfa bench ({mode}, {device}, {threads} thread(s), {timer} time) on "
         f"{machine['processor']}"

@@ -162,10 +162,10 @@ def _gpu_peak_mb_cupy():
 
 
 def run_step(cfg) -> dict:
+    from ..train import train_step
     from .flops import step_flops
     from .suite import MODELS, NUM_CLASSES
 
-    from ..train import train_step
     if cfg.get("variants"):
         from .proto import apply_variants
         apply_variants(cfg["variants"])
