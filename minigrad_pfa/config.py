@@ -197,7 +197,7 @@ def _resolve(schema: dict, cfg: dict, prefix: str) -> dict:
                           f"mapping, got {type(cfg).__name__} {cfg!r}")
     unknown = [k for k in cfg if k not in schema]
     if unknown:
-        where = f"in section '{prefix}'" if prefix else "at the top level"
+        where = f"in section '{prefix.rstrip('.')}'" if prefix else "at the top level"
         raise ConfigError(f"unknown config key(s) {', '.join(repr(prefix + k) for k in unknown)} "
                           f"{where}; valid keys: {sorted(schema)}")
     out = {}
