@@ -164,33 +164,6 @@ def test_first_layer_input_error_is_skipped():
     assert W.grad is not None and R.grad is not None and x.grad is None
 
 
-# ------------------------------------------------------- prototype chunked conv
-
-
-@pytest.mark.parametrize("n,ic,h,oc,k,stride,pad", [
-    (7, 5, 9, 4, 3, 1, 1), (6, 4, 9, 6, 3, 2, 1), (5, 3, 8, 2, 3, 1, 0), (4, 4, 6, 3, 1, 2, 0)])
-def test_chunked_conv_prototype_matches_engine(monkeypatch, rng, n, ic, h, oc, k, stride, pad):
-    from minigrad_pfa.bench import proto
-    from minigrad_pfa.functional import conv as C
-    monkeypatch.setattr(proto, "CHUNK_BYTES", 1)  # one sample per chunk: every seam used
-    x = rng.standard_normal((n, ic, h, h))        # float64, NCHW memory
-    W = rng.standard_normal((oc, ic, k, k))
-    b = rng.standard_normal(oc)
-    # the engine's literal im2col route as the reference
-    y_ref, cache_ref = C.conv2d_forward(x, W, b, stride, pad)
-    y, cache = proto.conv2d_forward(x, W, b, stride, pad)
-    assert cache["col"] is None  # only x is cached
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    delta = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(proto.conv2d_weight_grad(delta, cache),
-                               C.conv2d_weight_grad(delta, cache_ref), rtol=1e-12, atol=1e-12)
-    if stride == 1 and pad <= k - 1:  # the input error's "conv" method runs the chunked GEMM
-        dx_ref = C.conv2d_input_error(delta, W, x.shape, stride, pad, method="col2im")
-        monkeypatch.setattr(C, "_conv_gemm", proto.conv_gemm_chunked)
-        dx = C.conv2d_input_error(delta, W, x.shape, stride, pad, method="conv")
-        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
-
-
 # ------------------------------------------------------------------- suite & targets
 
 
@@ -290,7 +263,7 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     if have_torch:
         assert {("resnet20-tiny", "bp", "torch"), ("resnet20-tiny", "pfa-r10", "torch")} <= seen
     proto = [r for r in data["records"] if r.get("variants")]
-    assert proto and proto[0]["variants"] == ["malloc-keep", "chunked-conv"]
+    assert proto and proto[0]["variants"] == ["malloc-keep"]
     lit = next(r for r in data["records"] if r["rule"] == "pfa-r10-literal")
     assert lit["pfa_orders"] == {"fast": 0, "literal": 20}  # ResNet-20 has 20 weight layers
     assert {t["key"] for t in data["targets"]} >= {"resnet_pfa_vs_bp", "mlp_bp_vs_torch"}

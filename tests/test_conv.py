@@ -347,8 +347,10 @@ def test_bad_inputs_raise_clear_errors(rng):
 # ----------------------------------------------------------------------- NumPy/CuPy
 
 
-def test_backend_parity(xp, rng):
-    """Same numbers on the array module under test as on NumPy (CuPy runs only with a GPU)."""
+@pytest.mark.parametrize("chunked", [None, True, False])
+def test_backend_parity(xp, rng, chunked):
+    """Same numbers on the array module under test as on NumPy (CuPy runs only with a GPU),
+    on either path (None: the module's default, whole batch on CuPy)."""
     from minigrad_pfa.backend import get_array_module, to_numpy
     x = rng.standard_normal((2, 3, 9, 7))
     W = rng.standard_normal((4, 3, 3, 3))
@@ -357,7 +359,8 @@ def test_backend_parity(xp, rng):
     B = rng.standard_normal((4, 6))
     for s in [(1, 1), (2, 1)]:
         y, cache = C.conv2d_forward(x, W, b, s, (1, 1))
-        yd, cached = C.conv2d_forward(xp.asarray(x), xp.asarray(W), xp.asarray(b), s, (1, 1))
+        yd, cached = C.conv2d_forward(xp.asarray(x), xp.asarray(W), xp.asarray(b), s, (1, 1),
+                                      chunked=chunked)
         assert get_array_module(yd) is xp and is_channels_last(to_numpy(yd))
         np.testing.assert_allclose(to_numpy(yd), y, rtol=1e-12, atol=1e-12)
         d6 = rng.standard_normal((2, 6) + y.shape[2:])
@@ -365,7 +368,7 @@ def test_backend_parity(xp, rng):
         for m in ["col2im", "fold"] + (["conv"] if s == (1, 1) else []):
             np.testing.assert_allclose(
                 to_numpy(C.conv2d_input_error(xp.asarray(d6), xp.asarray(M), x.shape, s, (1, 1),
-                                              method=m)),
+                                              method=m, chunked=chunked)),
                 C.conv2d_input_error(d6, M, x.shape, s, (1, 1), method=m), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_numpy(C.conv2d_weight_grad(xp.asarray(d6), cached)),
                                    C.conv2d_weight_grad(d6, cache), rtol=1e-12, atol=1e-12)
@@ -373,3 +376,81 @@ def test_backend_parity(xp, rng):
                                    C.conv2d_bias_grad(d4), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_numpy(C.channel_matmul(xp.asarray(d4), xp.asarray(B))),
                                    C.channel_matmul(d4, B), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------- sample chunks vs whole batch
+
+
+def _chunk_bytes_for(samples, shape, k, s, p, itemsize):
+    """CHUNK_BYTES that makes chunks of ``samples`` samples for this geometry."""
+    oh, ow = out_grid(shape[2], shape[3], *k, s, p)
+    return samples * oh * ow * k[0] * k[1] * shape[1] * itemsize
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("shape,k,s,p", CASES, ids=CASE_IDS)
+def test_chunked_and_whole_batch_paths_match_torch(shape, k, s, p, dtype, tol, samples,
+                                                   monkeypatch, rng):
+    """Chunks of 1 or 2 samples out of 5 (every seam used, a short last chunk) and the
+    whole-batch GEMM: same y, gW (incl. a mid-channel delta) and stride-1 'conv' dx as
+    PyTorch, and as each other."""
+    torch = pytest.importorskip("torch")
+    shape = (5,) + shape[1:]
+    monkeypatch.setattr(C, "CHUNK_BYTES",
+                        _chunk_bytes_for(samples, shape, k, s, p, np.dtype(dtype).itemsize))
+    x = rng.standard_normal(shape).astype(dtype)
+    W = rng.standard_normal((4, shape[1], *k)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    yc, cc = C.conv2d_forward(channels_last(x), W, b, s, p, chunked=True)
+    yw, cw = C.conv2d_forward(x, W, b, s, p, chunked=False)
+    d = rng.standard_normal(yc.shape).astype(dtype)
+    yt, dxt, dWt, _ = _torch_conv_grads(torch, x, W, b, s, p, d)
+    assert is_channels_last(yc) and yc.dtype == dtype
+    assert rel_err(yc, yt) < tol and rel_err(yw, yt) < tol
+    assert rel_err(yc, yw) < tol
+    gWc, gWw = C.conv2d_weight_grad(d, cc), C.conv2d_weight_grad(d, cw)
+    assert gWc.dtype == dtype and rel_err(gWc, dWt) < tol and rel_err(gWw, dWt) < tol
+    # PFA's literal order: a delta with mid != oc channels, against torch's gradient of a
+    # (mid, ic, kh, kw) kernel
+    dm = rng.standard_normal((5, 9) + yc.shape[2:]).astype(dtype)
+    Rt = torch.zeros((9, shape[1], *k), dtype=torch.float64 if dtype == np.float64
+                     else torch.float32, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x), Rt, stride=s, padding=p).backward(
+        torch.tensor(dm))
+    assert rel_err(C.conv2d_weight_grad(dm, cc), Rt.grad.numpy()) < tol
+    assert rel_err(C.conv2d_weight_grad(dm, cw), Rt.grad.numpy()) < tol
+    if s == (1, 1) and p[0] <= k[0] - 1 and p[1] <= k[1] - 1:
+        # the stride-1 input error runs the forward GEMM on the padded error
+        oc_chunk = _chunk_bytes_for(samples, (5, 4) + shape[2:], k, (1, 1),
+                                    (k[0] - 1 - p[0], k[1] - 1 - p[1]), np.dtype(dtype).itemsize)
+        monkeypatch.setattr(C, "CHUNK_BYTES", oc_chunk)
+        for ch in (True, False):
+            dx = C.conv2d_input_error(d, W, shape, s, p, method="conv", chunked=ch)
+            assert is_channels_last(dx) and rel_err(dx, dxt) < tol, ch
+
+
+def test_chunk_rule_and_cache_contents(monkeypatch, rng):
+    """NumPy defaults to chunks and caches x itself (no whole-batch col); the whole-batch
+    path caches col unless keep_col=False; the chunk size follows CHUNK_BYTES."""
+    x = channels_last(rng.standard_normal((6, 3, 8, 8)))
+    W = rng.standard_normal((4, 3, 3, 3))
+    assert C.use_chunks(np) and not C.use_chunks(np, False) and C.use_chunks(np, True)
+    _, cache = C.conv2d_forward(x, W, None, 1, 1)
+    assert cache["chunked"] and cache["col"] is None and cache["x"] is x
+    _, cache_w = C.conv2d_forward(x, W, None, 1, 1, chunked=False)
+    assert cache_w["x"] is None and cache_w["col"].shape == (6 * 8 * 8, 27)
+    _, cache_wx = C.conv2d_forward(x, W, None, 1, 1, chunked=False, keep_col=False)
+    assert cache_wx["col"] is None and cache_wx["x"] is x
+    d = rng.standard_normal((6, 4, 8, 8))
+    g = C.conv2d_weight_grad(d, cache_w)
+    for c in (cache, cache_wx):
+        np.testing.assert_allclose(C.conv2d_weight_grad(d, c), g, rtol=1e-12, atol=1e-12)
+    # ResNet-20's first stage at batch 128 in float32: 64*32*32*144*4 B = 37.7 MB of col
+    # per 64 samples; 4 MB chunks -> 7 samples (a 3.9 MB col)
+    assert C.CHUNK_BYTES == 4 << 20
+    assert C.samples_per_chunk(128, 32, 32, 144, 4) == 7
+    assert C.samples_per_chunk(3, 32, 32, 144, 4) == 3   # never more than the batch
+    assert C.samples_per_chunk(128, 224, 224, 147, 4) == 1  # at least one sample
+    monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 64 * 27 * 8)  # 2 samples per chunk
+    assert C.samples_per_chunk(6, 8, 8, 27, 8) == 2

@@ -155,8 +155,10 @@ def _profile_section(profiles) -> list[str]:
                   f"{p.get('timer', 'wall')} time under cProfile)", "",
                   "A function's own time includes the NumPy operators it applies with "
                   "operator syntax (`a @ b`, `+=`, slicing): the GEMMs of the convolutions "
-                  "are the own time of `_conv_gemm` (forward; the stride-1 input error) and "
-                  "`conv2d_weight_grad`; `ascontiguousarray` is mostly im2col's copy.", ""]
+                  "are `numpy.matmul` (CPU forward and stride-1 input error, in sample "
+                  "chunks) or the own time of `_conv_gemm` (whole batch) and of "
+                  "`conv2d_weight_grad`; im2col's copy is `copyto` (chunks) or "
+                  "`ascontiguousarray` (whole batch).", ""]
         rows = [[f"`{t['function']}`", f"`{t['where']}`", t["ncalls"],
                  f"{t['tottime_s'] * 1e3:.1f}", f"{100 * t['tottime_s'] / total:.0f}%",
                  f"{t['cumtime_s'] * 1e3:.1f}"] for t in p["top"][:15]]

@@ -71,7 +71,7 @@ _SLOW = ("pfa-r10-literal",)
 
 
 #: engine variants measured by ``--proposals`` (:mod:`minigrad_pfa.bench.proto`)
-PROPOSALS = (("malloc-keep",), ("chunked-conv",), ("malloc-keep", "chunked-conv"))
+PROPOSALS = (("malloc-keep",),)
 
 
 def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
