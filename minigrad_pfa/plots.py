@@ -13,6 +13,12 @@ from __future__ import annotations
 import math
 
 
+def _legend(ax, fontsize: int) -> None:
+    """A legend only where something is labelled (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -83,7 +89,7 @@ def accuracy_curves(curves: dict, path: str, title: str, eval_label: str) -> str
                  fontsize=9)
     ax.grid(alpha=0.3)
     if curves:
-        ax.legend(fontsize=8)
+        _legend(ax, 8)
     return _save(fig, path)
 
 
@@ -113,7 +119,7 @@ def layer_alignment(series: dict, path: str, title: str, unused=()) -> str:
         ax.grid(alpha=0.3)
     a1.set_title(title, fontsize=9)
     if len(series) <= 12:
-        a1.legend(fontsize=7)
+        _legend(a1, 7)
     else:  # deep networks: a colour bar of depth instead of 20 legend entries
         a1.text(0.98, 0.98, f"{len(series)} layers, colour = depth (viridis: first -> last)",
                 transform=a1.transAxes, ha="right", va="top", fontsize=7)
@@ -143,7 +149,7 @@ def accuracy_vs_density(points: dict, path: str, title: str, bands=()) -> str:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax, 8)
     return _save(fig, path)
 
 
@@ -181,6 +187,6 @@ def expansion_ratio(rows: list, published: list, path: str) -> str:
         ax.set_xscale("log")
         ax.set_xlabel("expansion ratio r = mid / out")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        _legend(ax, 8)
     a1.set_title("E5: PFA path alignment at R = B^T W (out 100, in 256)", fontsize=9)
     return _save(fig, path)
