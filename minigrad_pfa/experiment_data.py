@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import get_array_module, to_device
+from .backend import to_device
 from .data import DataLoader, canonical_name, channel_mean_std, load_splits
 from .data import transforms as T
 
@@ -113,8 +113,6 @@ def build_data(cfg: dict, progress: bool = True) -> DataBundle:
         parts.append(f"val {len(val)}")
     parts.append(f"test {test.describe()}")
     n_classes = int(train.meta.get("num_classes", cfg["model"]["num_classes"]))
-    xp = get_array_module(probe[0])
-    del xp
     return DataBundle(train_loader, eval_loader(val) if val is not None else None,
                       eval_loader(test), probe, "; ".join(parts), n_classes,
                       tuple(px.shape[1:]))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from .backend import check_device, to_numpy
+from .backend import check_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .metrics import MechanismTracker, collect_metrics
