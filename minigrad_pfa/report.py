@@ -45,6 +45,15 @@ RULE_NAMES = OrderedDict([("bp", "BP"), ("fa", "FA"), ("dfa", "DFA"), ("usf", "u
                           ("pfa", "PFA")])
 #: E4's published BP reference band for the MNIST network (accuracy %, Li & Benna 2024)
 E4_BP_BAND = (98.36, 98.45)
+#: Reference orderings for protocols without published numbers of their own: F1 (ResNet-20
+#: on Fashion-MNIST, this project's check) is compared with the ordering published for the
+#: same network on CIFAR-10 (E2, final-epoch validation accuracy %, mean, std; Li & Benna
+#: 2024). The published "SF" is the uniform sign-concordant rule, uSF here.
+ORDERING_REFERENCE = {
+    "F1": ("E2 (CIFAR-10 ResNet-20, published)",
+           OrderedDict([("PFA-o", (91.31, 0.18)), ("BP", (91.42, 0.19)), ("PFA", (90.70, 0.43)),
+                        ("uSF", (89.97, 0.22)), ("FA", (64.70, 1.78)), ("DFA", (30.67, 1.23))])),
+}
 #: E5's published points (Li & Benna 2024, Figure 3): r, angle (deg), norm ratio
 E5_PUBLISHED = [(1.0, 45.0, 1.41), (10 ** 0.6, 26.6, 1.12), (10.0, 17.5, 1.05),
                 (10 ** 1.4, 11.3, 1.02), (100.0, 5.7, 1.005)]
@@ -183,6 +192,24 @@ def rule_label(cfg: dict, drop=()) -> str:
 
 def feedback_density(cfg: dict) -> float:
     return float(rule_spec(cfg).get("feedback_density", 1.0))
+
+
+#: resolved-config keys that label a run without changing what it computes
+LABEL_KEYS = ("name", "protocol", "published", "seed", "seeds")
+
+
+def training_config(cfg: dict, density: float | None = None) -> dict:
+    """The part of a resolved config that determines the computation (for any seed).
+
+    Drops :data:`LABEL_KEYS` and makes the rule's feedback density explicit (``density``,
+    when given, replaces it), so that e.g. an E1 run and the E4 protocol at density 1 compare
+    equal exactly when they train the same network the same way."""
+    c = {k: v for k, v in cfg.items() if k not in LABEL_KEYS}
+    spec = rule_spec(cfg)
+    spec["feedback_density"] = float(spec.get("feedback_density", 1.0)
+                                     if density is None else density)
+    c["rule"] = spec
+    return c
 
 
 def _rule_order(label: str) -> int:
@@ -401,6 +428,8 @@ def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10
         md += [f"## {protocol}: {_protocol_title(gruns)}", ""]
         md += _main_table(keys, groups, summaries)
         md += _alignment_table(keys, summaries)
+        if protocol in ORDERING_REFERENCE:
+            md += _ordering_section(protocol, keys, summaries)
         if protocol == "E4" or len({summaries[k]["density"] for k in keys}) > 1:
             md += _density_section(protocol, keys, groups, summaries, runs, out, plots, P)
         if plots:
@@ -496,13 +525,23 @@ def _density_section(protocol, keys, groups, summaries, runs, out, plots, P) -> 
             points.setdefault(base, []).append((summaries[k]["density"], s["mean"], s["std"]))
     if not points:
         return []
+    borrowed = _borrowed_dense_points(protocol, keys, groups, points)
+    for base, (m, sd, _) in borrowed.items():
+        points[base].append((1.0, m, sd))
     densities = sorted({d for pts in points.values() for d, _, _ in pts}, reverse=True)
     rows = []
     for base, pts in points.items():
         cell = {d: _pm(m, sd) for d, m, sd in pts}
+        if base in borrowed:
+            cell[1.0] += " †"
         rows.append([base] + [cell.get(d, DASH) for d in densities])
     lines = [f"Accuracy (%) against feedback density rho ({protocol}):", ""]
     lines += _table(["rule"] + [f"rho = {d:g}" for d in densities], rows)
+    for base, (_, _, source) in borrowed.items():
+        lines += [f"† {base} at rho = 1: the {source} runs, whose resolved configs equal "
+                  f"this protocol's at density 1 apart from name, protocol, published "
+                  f"numbers and seed (`report.training_config`), so they are the same "
+                  f"computation; not rerun.", ""]
     if plots:
         bands = [(E4_BP_BAND[0], E4_BP_BAND[1], "BP, published band")] \
             if protocol == "E4" else []
@@ -515,6 +554,84 @@ def _density_section(protocol, keys, groups, summaries, runs, out, plots, P) -> 
                               f"{protocol}: accuracy vs feedback density", bands)
         lines += [f"![accuracy vs feedback density]({name})", ""]
     return lines
+
+
+def ordering_agreement(measured: dict, reference: dict) -> tuple:
+    """Pairwise agreement of a measured ranking with a reference one.
+
+    Parameters
+    ----------
+    measured : dict
+        ``{rule: mean accuracy}``.
+    reference : dict
+        ``{rule: (mean, std)}``.
+
+    Returns
+    -------
+    (agree, total, disagreements)
+        Over the pairs of rules present in both: a pair agrees when the measured order is the
+        reference order, or when the reference means differ by no more than the sum of their
+        stds (a published tie, e.g. "PFA-o ≳ BP", where either order agrees);
+        ``disagreements`` lists the pairs ``(a, b)`` that the reference puts a > b but the
+        measurement does not.
+    """
+    rules = [r for r in reference if r in measured]
+    agree, total, bad = 0, 0, []
+    for i, a in enumerate(rules):
+        for b in rules[i + 1:]:
+            (ma, sa), (mb, sb) = reference[a], reference[b]
+            hi, lo = (a, b) if ma >= mb else (b, a)
+            total += 1
+            if abs(ma - mb) <= sa + sb or measured[hi] > measured[lo]:
+                agree += 1
+            else:
+                bad.append((hi, lo))
+    return agree, total, bad
+
+
+def _ordering_section(protocol, keys, summaries) -> list[str]:
+    source, ref = ORDERING_REFERENCE[protocol]
+    meas = {summaries[k]["rule"]: summaries[k]["measured"]["mean"] for k in keys
+            if summaries[k]["measured"]["n"]}
+    if not meas:
+        return []
+    ranked = sorted(meas, key=lambda r: -meas[r])
+    ref_ranked = sorted(ref, key=lambda r: -ref[r][0])
+    lines = [f"Ordering: measured here, best first: "
+             + " > ".join(f"{r} {meas[r]:.2f}" for r in ranked) + f". Reference, {source}: "
+             + " > ".join(f"{r} {ref[r][0]:.2f}" for r in ref_ranked) + "."]
+    agree, total, bad = ordering_agreement(meas, ref)
+    if total:
+        lines[-1] += (f" Pairs in the reference order: {agree} of {total} (a pair whose "
+                      f"reference means lie within the sum of their stds counts either way)")
+        lines[-1] += ("; reversed: " + ", ".join(f"{a} > {b}" for a, b in bad) + "."
+                      if bad else ".")
+    missing = [r for r in ref if r not in meas]
+    if missing:
+        lines[-1] += " Not yet measured: " + ", ".join(missing) + "."
+    return lines + [""]
+
+
+def _borrowed_dense_points(protocol, keys, groups, points) -> dict:
+    """``{base rule: (mean, std, source protocol)}`` for the base rules of ``protocol``
+    that have no density-1 run of their own but whose density-1 computation was run under
+    another protocol (e.g. E4's rho = 1 is E1): mean ± std over those complete runs."""
+    found = {}
+    for base in points:
+        if any(d == 1.0 for d, _, _ in points[base]):
+            continue
+        template = next(r for k in keys for r in groups[k]
+                        if rule_label(r.cfg, drop=("feedback_density",)) == base)
+        want = training_config(template.cfg, density=1.0)
+        for k, g in groups.items():
+            if k[0] == protocol:
+                continue
+            same = [r for r in g if r.complete and training_config(r.cfg) == want]
+            m, sd, n = mean_std(measured(r) for r in same)
+            if n:
+                found[base] = (m, sd, k[0])
+                break
+    return found
 
 
 def _curve_figures(protocol, keys, groups, out, P) -> list[str]:

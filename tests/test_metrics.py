@@ -519,8 +519,11 @@ def test_probe_fa_against_torch_and_hand_computed_feedback(rng):
         assert rel_err(rule_rec[name]["gW"], deltas[i].T @ acts[i]) < 1e-12
     pa = probe_alignment(model, x, y)
     for i, name in enumerate(names):
+        # the reference pairs a hand-computed gW with torch's: for the last layer they are
+        # the same matrix up to rounding (~1e-16), and arccos turns a cosine error d near 1
+        # into sqrt(2 d) rad ~ 1e-6 degrees, so 1e-5 degrees is the tolerance arccos allows
         assert pa[name]["grad_angle"] == pytest.approx(ref_angle(deltas[i].T @ acts[i], gWs[i]),
-                                                       abs=1e-8)
+                                                       abs=1e-5)
         assert pa[name]["grad_norm_ratio"] == pytest.approx(
             ref_ratio(deltas[i].T @ acts[i], gWs[i]), rel=1e-10)
     assert pa["fc"]["grad_angle"] == 0.0 and pa["fc"]["error_angle"] == 0.0

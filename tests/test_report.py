@@ -245,3 +245,64 @@ def test_report_reads_runs_without_recorded_commands(runs, tmp_path):
     path = write_report([str(dst)], str(tmp_path / "rep"), plots=False)
     md = open(path).read()
     assert f"minigrad-pfa train {dst / 'config.yaml'}" in md
+
+
+def test_e4_density_one_borrowed_only_from_identical_e1_runs(tmp_path, monkeypatch):
+    """E4's rho = 1 is E1's protocol: the report shows an E1 run there (marked †) only when
+    its resolved config equals the E4 one at density 1 apart from labels; an E1 run with a
+    different learning rate is not used."""
+    monkeypatch.setitem(synthetic.DEFAULT_SIZES, "train", 192)
+    monkeypatch.setitem(synthetic.DEFAULT_SIZES, "test", 64)
+    specs = [("e1_fa", "E1", {"name": "fa"}, 0.02, 0),
+             ("e4_fa_d0.5", "E4", {"name": "fa", "feedback_density": 0.5}, 0.02, 0),
+             ("e1_dfa", "E1", {"name": "dfa"}, 0.05, 0),            # not the E4 protocol
+             ("e4_dfa_d0.5", "E4", {"name": "dfa", "feedback_density": 0.5}, 0.02, 0)]
+    for name, protocol, rule, lr, seed in specs:
+        raw = base_cfg(name=name, protocol=protocol, seed=seed, rule=rule,
+                       published=PUBLISHED if protocol == "E1" else None)
+        raw["optim"]["lr"] = lr
+        cfg = resolve_config(raw)
+        Trainer(cfg, str(tmp_path / name / "seed0"), build_data(cfg), progress=False,
+                log=lambda *a: None).fit()
+    path = write_report([str(tmp_path)], str(tmp_path / "report"), plots=False)
+    with open(path) as fh:
+        sec = section(fh.read(), "E4")
+    density = table_with(sec, ["rule", "rho = 1"])
+    assert density[0] == ["rule", "rho = 1", "rho = 0.5"]
+    e1_fa = read(tmp_path / "e1_fa" / "seed0")[1]["test_acc"]
+    text = "\n".join("| " + " | ".join(r) + " |" for r in density)
+    assert row(text, "FA")[1] == f"{e1_fa:.2f} †"
+    assert row(text, "DFA")[1] == "—"
+    assert "† FA at rho = 1: the E1 runs" in sec and "† DFA" not in sec
+
+
+def test_ordering_agreement_counts_pairs_and_published_ties():
+    from minigrad_pfa.report import ORDERING_REFERENCE, ordering_agreement
+
+    ref = ORDERING_REFERENCE["F1"][1]
+    # PFA-o < BP here but the reference has them within their stds (91.31 ± 0.18 vs
+    # 91.42 ± 0.19): a tie, either order agrees; PFA < uSF reverses 90.70 vs 89.97.
+    meas = {"PFA-o": 91.0, "BP": 91.2, "PFA": 90.0, "uSF": 90.5, "FA": 70.0, "DFA": 40.0}
+    assert ordering_agreement(meas, ref) == (14, 15, [("PFA", "uSF")])
+    assert ordering_agreement({"BP": 80.0, "FA": 85.0}, ref) == (0, 1, [("BP", "FA")])
+    assert ordering_agreement({"BP": 80.0}, ref) == (0, 0, [])
+
+
+def test_f1_report_states_the_measured_ordering(tmp_path, monkeypatch):
+    monkeypatch.setitem(synthetic.DEFAULT_SIZES, "train", 192)
+    monkeypatch.setitem(synthetic.DEFAULT_SIZES, "test", 64)
+    accs = {}
+    for rule in ("bp", "fa"):
+        cfg = resolve_config(base_cfg(name=f"f1_{rule}", protocol="F1", rule=rule))
+        Trainer(cfg, str(tmp_path / rule / "seed0"), build_data(cfg), progress=False,
+                log=lambda *a: None).fit()
+        accs[rule.upper()] = read(tmp_path / rule / "seed0")[1]["test_acc"]
+    path = write_report([str(tmp_path)], str(tmp_path / "report"), plots=False)
+    with open(path) as fh:
+        sec = section(fh.read(), "F1")
+    line = [x for x in sec.splitlines() if x.startswith("Ordering:")][0]
+    best, worst = sorted(accs, key=lambda r: -accs[r])
+    assert f"best first: {best} {accs[best]:.2f} > {worst} {accs[worst]:.2f}." in line
+    agree = int(accs["BP"] > accs["FA"])
+    assert f"Pairs in the reference order: {agree} of 1" in line
+    assert "Not yet measured: PFA-o, PFA, uSF, DFA." in line
