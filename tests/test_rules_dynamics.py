@@ -128,3 +128,26 @@ def test_wm_tracks_w_during_training():
     after = angle(layers["fc2"].feedback_B, layers["fc2"].weight.data)
     assert before > 60.0 and after < 20.0, (before, after)
     assert int(layers["fc2"].feedback_mirror_count) == 120
+
+
+@pytest.mark.parametrize("spec", ["fa", "dfa", "usf", "brsf", "frsf",
+                                  {"name": "pfa", "expand_ratio": 3}])
+def test_explicit_density_one_is_the_dense_rule_bitwise(spec):
+    """``feedback_density: 1.0`` is the dense rule itself: the same feedback draws and the
+    same training trajectory, bit for bit. The report relies on this to show E1's runs as
+    E4's rho = 1 point (E4 is E1 with a density)."""
+    base = {"name": spec} if isinstance(spec, str) else dict(spec)
+    models = [attached(cnn, base), attached(cnn, dict(base, feedback_density=1.0))]
+    states = [m.state_dict() for m in models]
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert np.array_equal(states[0][k], states[1][k]), k
+    opts = [SGD(list(m.named_parameters(trainable_only=True)), lr=0.05, momentum=0.9,
+                weight_decay=1e-3) for m in models]
+    x, y = batch(CNN_INPUT, 3)
+    for _ in range(3):
+        losses = [train_step(m, o, x, y) for m, o in zip(models, opts)]
+        assert losses[0] == losses[1]
+    states = [m.state_dict() for m in models]
+    for k in states[0]:
+        assert np.array_equal(states[0][k], states[1][k]), k
