@@ -166,6 +166,7 @@ def rule_spec(cfg: dict) -> dict:
 def rule_label(cfg: dict, drop=()) -> str:
     """Display name of a run's rule with its non-default options, e.g. ``PFA-o``,
     ``PFA(expand_ratio=5)``, ``FA(feedback_density=0.1)``; ``drop`` hides options."""
+    from .rules.pfa import PFA
     from .rules.registry import rule_options
 
     spec = rule_spec(cfg)
@@ -181,6 +182,8 @@ def rule_label(cfg: dict, drop=()) -> str:
     label = RULE_NAMES.get(name, name)
     if name == "pfa" and opts.pop("orthogonal", False):
         label = "PFA-o"
+    if name == "pfa" and opts.get("expand_ratio") == PFA.DEFAULT_RATIO:
+        del opts["expand_ratio"]         # what an omitted expand_ratio means: plain "PFA"
     if opts:
         label += "(" + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
     if layers:

@@ -306,3 +306,15 @@ def test_f1_report_states_the_measured_ordering(tmp_path, monkeypatch):
     agree = int(accs["BP"] > accs["FA"])
     assert f"Pairs in the reference order: {agree} of 1" in line
     assert "Not yet measured: PFA-o, PFA, uSF, DFA." in line
+
+
+def test_rule_labels_use_the_papers_names():
+    from minigrad_pfa.report import rule_label
+
+    assert rule_label({"rule": {"name": "pfa", "expand_ratio": 10}}) == "PFA"   # r = 10: default
+    assert rule_label({"rule": {"name": "pfa"}}) == "PFA"
+    assert rule_label({"rule": {"name": "pfa", "expand_ratio": 5}}) == "PFA(expand_ratio=5)"
+    assert rule_label({"rule": {"name": "pfa", "orthogonal": True}}) == "PFA-o"
+    assert rule_label({"rule": "usf"}) == "uSF"
+    assert rule_label({"rule": {"name": "fa", "feedback_density": 0.1}}, drop=(
+        "feedback_density",)) == "FA"

@@ -117,6 +117,9 @@ class PFA(DescribedByOptions, Rule):
 
     name = "pfa"
     needs_linear_optimizer = True
+    #: r when ``expand_ratio`` is not given (and neither PFA-o nor identity): every
+    #: published PFA run uses 10
+    DEFAULT_RATIO = 10
 
     def __init__(self, expand_ratio: int | None = None, orthogonal: bool = False,
                  identity: bool = False, feedback_density: float = 1.0,
@@ -145,7 +148,7 @@ class PFA(DescribedByOptions, Rule):
                         "order": check_choice(name, "order", order, ORDERS)}
         #: r: 10 by default, 1 for PFA-o and identity
         self.ratio = expand_ratio if expand_ratio is not None else (
-            1 if (orthogonal or identity) else 10)
+            1 if (orthogonal or identity) else self.DEFAULT_RATIO)
         # B = I is KP exactly, so AdamW keeps it exact too; any other B does not commute
         # with an elementwise normalisation
         self.exact_with_decoupled_adaptive = identity
