@@ -111,6 +111,9 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: dict | None = None) -
     # the temporary name matches the repository's .gitignore pattern "*.npz.tmp*"
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp", dir=directory)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (umask), so a
+        # run directory stays readable by the group/colleagues it was shared with
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, allow_pickle=False, **host, **{META_KEY: np.array(text)})
             f.flush()
@@ -124,6 +127,13 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: dict | None = None) -
         raise
     _fsync_directory(directory)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it; no files are created)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, verify: bool = True) -> tuple["OrderedDict[str, np.ndarray]", dict]:

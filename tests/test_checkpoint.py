@@ -1,6 +1,7 @@
 """Checkpoints: exact round trips, atomic saves, corruption detection, bitwise resume."""
 import json
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -247,3 +248,17 @@ def test_cupy_arrays_are_saved_from_the_host(tmp_path, xp):
     got, _ = load_checkpoint(tmp_path / "g.npz")
     assert isinstance(got["a"], np.ndarray)
     assert np.array_equal(got["a"], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    """Atomic saves go through mkstemp (mode 0600); the final file gets what open() would
+    give it under the process umask, so shared run directories stay readable."""
+    old = os.umask(0o027)
+    try:
+        path = save_checkpoint(str(tmp_path / "a.npz"), {"w": np.ones(3)})
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+        os.umask(0o022)
+        save_checkpoint(path, {"w": np.zeros(3)})           # a replacement, too
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    finally:
+        os.umask(old)
