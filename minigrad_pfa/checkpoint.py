@@ -32,12 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Any, Mapping
 
 import numpy as np
 
+from .atomic import temp_file_beside
 from .backend import to_numpy
 
 FORMAT = "minigrad_pfa.checkpoint"
@@ -109,12 +109,9 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: dict | None = None) -
 
     directory = os.path.dirname(os.path.abspath(path))
     # the temporary name matches the repository's .gitignore pattern "*.npz.tmp*"
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp", dir=directory)
+    f, tmp = temp_file_beside(path, prefix=os.path.basename(path) + ".tmp")
     try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (umask), so a
-        # run directory stays readable by the group/colleagues it was shared with
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with f:
             np.savez(f, allow_pickle=False, **host, **{META_KEY: np.array(text)})
             f.flush()
             os.fsync(f.fileno())
@@ -127,13 +124,6 @@ def save_checkpoint(path, arrays: Mapping[str, Any], meta: dict | None = None) -
         raise
     _fsync_directory(directory)
     return path
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it; no files are created)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(path, verify: bool = True) -> tuple["OrderedDict[str, np.ndarray]", dict]:

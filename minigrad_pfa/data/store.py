@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..atomic import temp_file_beside
 from .errors import ChecksumError, DownloadError
 
 DATA_ENV = "MINIGRAD_PFA_DATA"
@@ -90,13 +90,8 @@ def check_digest(path, actual: str, expected: str, what: str, fix: str,
 
 def _temp_in(dest: Path):
     """An open temporary file next to ``dest`` (same file system, so rename is atomic)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    try:  # mkstemp creates 0600; a cache may be shared, so make it world-readable
-        os.chmod(tmp, 0o644)
-    except OSError:
-        pass
-    return os.fdopen(fd, "wb"), Path(tmp)
+    f, tmp = temp_file_beside(str(dest), prefix=f".{dest.name}.tmp-")
+    return f, Path(tmp)
 
 
 def atomic_write_bytes(dest, data) -> Path:
