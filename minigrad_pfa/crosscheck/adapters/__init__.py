@@ -1,0 +1,1 @@
+"""Adapters shipped with the crosscheck (see docs/crosscheck.md)."""
