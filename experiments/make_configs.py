@@ -22,9 +22,20 @@ RULES = {
     "sf": {"name": "usf"},
     "pfa": {"name": "pfa", "expand_ratio": 10},
     "pfa_o": {"name": "pfa", "orthogonal": True},
+    "kp": {"name": "kp"},
+    # the sign-concordant family of Moskovitz et al. (2018) and Liao et al. (2016)
+    "usf_sn": {"name": "usf", "norm": "sn"},
+    "usf_init": {"name": "usf", "norm": "init"},
+    "usf_const": {"name": "usf", "const": True},
+    "usf_ei": {"name": "usf", "fixed_sign": True},
+    "usf_bm": {"name": "usf", "batch_manhattan": True},
+    "frsf": {"name": "frsf"},
+    "brsf": {"name": "brsf"},
+    "densefa": {"name": "dfa", "conv": "dense"},
 }
-# PFA and PFA-o use a large weight decay during epoch 0 only (drives R -> B^T W)
-PFA_RULES = ("pfa", "pfa_o")
+# PFA, PFA-o and KP use a large weight decay during epoch 0 only (drives R -> B^T W, B -> W:
+# the decay law of their mismatch; KP takes PFA's schedule, the same mechanism)
+PFA_RULES = ("pfa", "pfa_o", "kp")
 
 
 def wd_schedule(first, rest):
@@ -122,6 +133,24 @@ PROTOCOLS = {
         "metric": "test accuracy % of the best-validation checkpoint",
     },
 }
+# KP beside PFA (issue 13): E1 and F1, seed 0
+PROTOCOLS["e1"]["extra_rules"] = ["kp"]
+PROTOCOLS["f1"]["extra_rules"] = ["kp"]
+PROTOCOLS["f1"]["rule_overrides"].update({
+    # Moskovitz's DenseFA is DFA with a dense projection per conv layer: DFA's learning rate
+    "densefa": {"optim": {"lr": 0.001}},
+    # Batch Manhattan steps every weight by lr * sign(g) (x 1/(1 - momentum)): lr is set so
+    # that the step matches SGD's at F1's lr 0.1 for a typical |g| of 1e-3 (see
+    # experiments/README.md); F1's lr of 0.1 would move every weight by ~1 per step
+    "usf_bm": {"optim": {"lr": 1e-4}},
+})
+
+# F1-SF: the sign-concordant family on F1's protocol (Moskovitz et al. 2018's conditions)
+SIGN_FAMILY = ["usf_sn", "usf_init", "usf_const", "frsf", "brsf", "usf_bm",
+               "densefa"]
+# F2: sparse feedback in ResNet-20 on F1's protocol (density 1 is F1 itself)
+F2_DENSITIES = [0.3, 0.1]
+F2_RULES = ["fa", "sf", "pfa"]
 
 
 def _merge(a, b):
@@ -166,6 +195,18 @@ def write_all() -> list[str]:
             cfg["name"] = f"e4_{rule}_d{d:g}"
             cfg["protocol"] = "E4"
             written.append(_write(os.path.join("e4", f"{rule}_d{d:g}.yaml"), cfg))
+    for exp_id in ("e1", "f1"):
+        for rule in PROTOCOLS[exp_id]["extra_rules"]:
+            written.append(_write(os.path.join(exp_id, f"{rule}.yaml"), make_config(exp_id, rule)))
+    for rule in SIGN_FAMILY:
+        cfg = make_config("f1", rule)
+        cfg["name"], cfg["protocol"] = f"f1sf_{rule}", "F1-SF"
+        written.append(_write(os.path.join("f1sf", f"{rule}.yaml"), cfg))
+    for rule in F2_RULES:
+        for d in F2_DENSITIES:
+            cfg = make_config("f1", rule, density=d)
+            cfg["name"], cfg["protocol"] = f"f2_{rule}_d{d:g}", "F2"
+            written.append(_write(os.path.join("f2", f"{rule}_d{d:g}.yaml"), cfg))
     return written
 
 
