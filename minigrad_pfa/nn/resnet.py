@@ -131,20 +131,25 @@ class CifarResNet(Sequential):
     channels, strides 1/2/2, option-A shortcuts), global average pooling, fc 64 -> classes.
 
     x (n, in_channels, 32, 32) -> logits (n, num_classes). Convs have no bias.
+    ``widths`` (default 16, 32, 64, as published) narrows the stages for small test
+    networks (the crosscheck's ResNet step uses 4, 8, 16).
     """
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A", dtype="float32"):
+                 shortcut: str = "A", dtype="float32", widths=(16, 32, 64)):
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6k+2 (20, 32, 44, 56, 110), got {depth}")
+        if len(widths) != 3 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"widths must be three positive channel counts, got {widths!r}")
         k = (depth - 2) // 6
+        w1, w2, w3 = (int(w) for w in widths)
         layers: "OrderedDict[str, Module]" = OrderedDict()
-        layers["conv1"] = Conv2d(in_channels, 16, 3, 1, 1, bias=False, dtype=dtype)
-        layers["bn1"] = BatchNorm2d(16, dtype=dtype)
+        layers["conv1"] = Conv2d(in_channels, w1, 3, 1, 1, bias=False, dtype=dtype)
+        layers["bn1"] = BatchNorm2d(w1, dtype=dtype)
         layers["relu"] = ReLU()
-        layers.update(make_stages(16, [(16, 1, k), (32, 2, k), (64, 2, k)], shortcut, dtype))
+        layers.update(make_stages(w1, [(w1, 1, k), (w2, 2, k), (w3, 2, k)], shortcut, dtype))
         layers["avgpool"] = GlobalAvgPool2d()
-        layers["fc"] = Linear(64, num_classes, dtype=dtype)
+        layers["fc"] = Linear(w3, num_classes, dtype=dtype)
         super().__init__(layers)
         self.depth = depth
 
