@@ -146,7 +146,7 @@ PROTOCOLS["f1"]["rule_overrides"].update({
 })
 
 # F1-SF: the sign-concordant family on F1's protocol (Moskovitz et al. 2018's conditions)
-SIGN_FAMILY = ["usf_sn", "usf_init", "usf_const", "frsf", "brsf", "usf_bm",
+SIGN_FAMILY = ["usf_sn", "usf_init", "usf_const", "frsf", "brsf", "usf_ei", "usf_bm",
                "densefa"]
 # F2: sparse feedback in ResNet-20 on F1's protocol (density 1 is F1 itself)
 F2_DENSITIES = [0.3, 0.1]

@@ -24,7 +24,7 @@ al.'s "SN" and "Init" as reconstructed in algorithms.md. For frSF/brSF the same
 rescaling of ``A`` is this project's extension. The mask is applied after the
 rescaling, without rescaling itself (as published for sparse SF).
 
-Options that change the *forward* learning (both reconstructions, unconfirmed):
+Options that change the *forward* learning (all reconstructions, unconfirmed):
 
 * ``const``: after every optimizer step, ``W <- W * ||W_0|| / ||W||`` *in place*
   (Moskovitz et al.'s "Const"). The rule's ``after_step`` runs right after
@@ -34,6 +34,18 @@ Options that change the *forward* learning (both reconstructions, unconfirmed):
 * ``batch_manhattan``: Liao et al.'s "Batch Manhattan": the optimizer receives
   ``sign(gW)`` and ``sign(gb)`` instead of the batch gradients (the recorded ``gW`` of
   the metrics stays the true one).
+* ``fixed_sign``: Moskovitz et al.'s "E/I" condition (fixed-sign forward weights): every
+  entry of ``W`` keeps the sign of ``W_0``. After every optimizer step, in place::
+
+      W <- W * [sign(W) == sign(W_0)]        (sign(W_0) recorded at attach)
+
+  An entry the update pushed across zero is clipped to 0; a later update may grow it again,
+  in its original sign only (the other sign is clipped again). The feedback stays the
+  rule's usual ``sign(W_t)``-based matrix, which therefore never changes sign (a clipped
+  entry feeds back 0): no sign information travels from the forward path. A weight with
+  ``W_0 = 0`` stays 0 (probability 0 under the Xavier-uniform initialisation). With
+  ``const`` as well, the clipping runs first and the rescaling second (the rescaling keeps
+  signs). Only ``W`` is constrained; biases are free.
 """
 from __future__ import annotations
 
@@ -69,19 +81,22 @@ class SignConcordant(DescribedByOptions, Rule):
         Keep ``||W||`` at ``||W_0||`` after every update (see the module docstring).
     batch_manhattan : bool
         The optimizer receives ``sign(gW)``, ``sign(gb)``.
+    fixed_sign : bool
+        E/I: every forward weight keeps the sign of ``W_0`` (see the module docstring).
 
     Subclasses define :meth:`_attach_magnitude` and :meth:`magnitude`. Host draw order:
     the subclass's draws, then the mask.
     """
 
     def __init__(self, feedback_density: float = 1.0, norm=None, const: bool = False,
-                 batch_manhattan: bool = False):
+                 batch_manhattan: bool = False, fixed_sign: bool = False):
         norm = check_choice(self.name, "norm", norm, tuple(_NORMS))
         self.options = {"feedback_density": check_density(self.name, feedback_density),
                         "norm": _NORMS[norm],
                         "const": check_bool(self.name, "const", const),
                         "batch_manhattan": check_bool(self.name, "batch_manhattan",
-                                                      batch_manhattan)}
+                                                      batch_manhattan),
+                        "fixed_sign": check_bool(self.name, "fixed_sign", fixed_sign)}
 
     # state ------------------------------------------------------------------------
     def attach(self, layer, rng) -> None:
@@ -92,6 +107,10 @@ class SignConcordant(DescribedByOptions, Rule):
             w0 = to_numpy(layer.weight.data).astype(np.float64)
             layer.register_buffer("feedback_w0_norm",
                                   self._host_to_layer(layer, np.linalg.norm(w0)))
+        if self.options["fixed_sign"]:
+            # sign(W_0) in W's dtype: the clip is one elementwise compare and multiply
+            layer.register_buffer("feedback_w0_sign",
+                                  get_array_module(layer.weight.data).sign(layer.weight.data))
 
     def _attach_magnitude(self, layer, rng) -> None:
         """Draw the rule's own magnitude state (nothing for uSF)."""
@@ -131,9 +150,12 @@ class SignConcordant(DescribedByOptions, Rule):
             layer.bias.grad = xp.sign(layer.bias.grad)
 
     def after_step(self, layer) -> None:
+        W = layer.weight.data
+        # both in place: the optimizer keeps updating this array
+        if self.options["fixed_sign"]:
+            W *= get_array_module(W).sign(W) == layer.feedback_w0_sign
         if self.options["const"]:
-            W = layer.weight.data
-            W *= layer.feedback_w0_norm / _fro(W)   # in place: the optimizer keeps this array
+            W *= layer.feedback_w0_norm / _fro(W)
 
 
 class USF(SignConcordant):
