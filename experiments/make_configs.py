@@ -139,10 +139,11 @@ PROTOCOLS["f1"]["extra_rules"] = ["kp"]
 PROTOCOLS["f1"]["rule_overrides"].update({
     # Moskovitz's DenseFA is DFA with a dense projection per conv layer: DFA's learning rate
     "densefa": {"optim": {"lr": 0.001}},
-    # Batch Manhattan steps every weight by lr * sign(g) (x 1/(1 - momentum)): lr is set so
-    # that the step matches SGD's at F1's lr 0.1 for a typical |g| of 1e-3 (see
-    # experiments/README.md); F1's lr of 0.1 would move every weight by ~1 per step
-    "usf_bm": {"optim": {"lr": 1e-4}},
+    # Batch Manhattan steps every weight by lr * sign(g): lr = 0.1 (F1's) x 4e-3 (mean |gW|
+    # of uSF at initialisation on F1, `python experiments/grad_scale.py experiments/f1/sf.yaml`)
+    # matches SGD's step per entry at the start; F1's lr of 0.1 would move every weight by
+    # ~1 (x 1/(1 - momentum)) per step, far beyond |W| ~ 0.05
+    "usf_bm": {"optim": {"lr": 4e-4}},
 })
 
 # F1-SF: the sign-concordant family on F1's protocol (Moskovitz et al. 2018's conditions)
