@@ -187,13 +187,11 @@ def test_interrupted_grid_marks_runs_and_reraises(tmp_path, monkeypatch):
 
 
 def test_run_locked_by_a_live_process_is_left_alone(tmp_path, capsys):
-    import platform
+    from minigrad_pfa.runlock import RunLock
     a = write_cfg(tmp_path, "g_busy", rule="bp", seeds=[0])
     d = tmp_path / "o" / "g_busy" / "seed0"
-    d.mkdir(parents=True)
-    (d / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node(),
-                                            "since": "now"}))
-    assert main(["grid", a, "--out", str(tmp_path / "o")]) == 0     # busy is not a failure
+    with RunLock(str(d)):
+        assert main(["grid", a, "--out", str(tmp_path / "o")]) == 0  # busy is not a failure
     text = capsys.readouterr().out
     assert f"being trained by process {os.getpid()}" in text and "1 busy" in text
     assert not (d / "log.txt").exists()
