@@ -12,8 +12,15 @@ Conventions
   CPU run and a GPU run with the same seed start from identical arrays.
 * Asking for ``"cuda"`` where CuPy or a device is missing raises :class:`DeviceError`
   naming the fix; there is never a silent fallback to the CPU.
+* TEST-ONLY: with the CuPy stand-in switched on (:func:`use_standin`, or the environment
+  variable ``MINIGRAD_PFA_CUPY_STANDIN=1``), ``"cuda"`` means the strict CPU stand-in of
+  :mod:`minigrad_pfa.standin`, and :func:`device_description` says so in every run's log.
+  Stand-in arrays are recognised here whether or not it is switched on.
 """
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 
@@ -32,6 +39,51 @@ class DeviceError(RuntimeError):
     """The requested device cannot be used; the message says how to fix it."""
 
 
+#: TEST-ONLY switch: "1" makes ``--device cuda`` run on the CPU stand-in of CuPy
+STANDIN_ENV = "MINIGRAD_PFA_CUPY_STANDIN"
+_standin_on = os.environ.get(STANDIN_ENV, "") == "1"
+
+
+def use_standin(on: bool = True) -> bool:
+    """Switch the CuPy stand-in on or off (tests); returns the previous setting."""
+    global _standin_on
+    before, _standin_on = _standin_on, bool(on)
+    return before
+
+
+def standin_active() -> bool:
+    return _standin_on
+
+
+def _standin():
+    from .standin import cupy as standin_cupy
+    return standin_cupy
+
+
+def _is_standin(x) -> bool:
+    # only look when the stand-in module was ever imported: no import cost otherwise
+    core = sys.modules.get("minigrad_pfa.standin.core")
+    return core is not None and isinstance(x, core.DeviceArray)
+
+
+def device_module():
+    """The array module ``"cuda"`` means now: the stand-in (tests) or ``cupy``."""
+    return _standin() if _standin_on else cupy_module()
+
+
+def device_description(device: str) -> str:
+    """One line naming what ``device`` runs on (logged by ``train``, ``bench``, ``doctor``)."""
+    if device != "cuda":
+        return device
+    if _standin_on:
+        return (f"cuda = the CuPy STAND-IN on the CPU (TEST-ONLY, {STANDIN_ENV}=1): no GPU "
+                "is used and timings mean nothing")
+    cp = cupy_module()
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"cuda ({name}, CuPy {cp.__version__})"
+
+
 def cupy_module():
     """Return the ``cupy`` module or raise :class:`DeviceError` if it is not installed.
 
@@ -47,7 +99,8 @@ def cupy_module():
 
 
 def cuda_available() -> bool:
-    """True when CuPy is importable *and* at least one CUDA device can be used."""
+    """True when CuPy is importable *and* at least one CUDA device can be used (the
+    stand-in does not count: this asks about real hardware)."""
     if _cupy is None:
         return False
     try:
@@ -77,7 +130,9 @@ def check_device(device: str) -> str:
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
-    if device == "cuda":
+    if device == "cuda" and _standin_on:
+        _announce_standin()
+    elif device == "cuda":
         cp = cupy_module()
         try:
             n = cp.cuda.runtime.getDeviceCount()
@@ -92,8 +147,21 @@ def check_device(device: str) -> str:
     return device
 
 
+_announced = False
+
+
+def _announce_standin():
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"minigrad_pfa: {device_description('cuda')}", file=sys.stderr)
+
+
 def get_array_module(*arrays):
     """Return ``numpy`` or ``cupy`` according to the arrays given (NumPy if none is CuPy)."""
+    for a in arrays:
+        if _is_standin(a):
+            return _standin()
     if _cupy is not None:
         for a in arrays:
             if isinstance(a, _cupy.ndarray):
@@ -103,6 +171,8 @@ def get_array_module(*arrays):
 
 def device_of(x) -> str:
     """``"cuda"`` for a CuPy array, ``"cpu"`` otherwise."""
+    if _is_standin(x):
+        return "cuda"
     return "cuda" if (_cupy is not None and isinstance(x, _cupy.ndarray)) else "cpu"
 
 
@@ -111,13 +181,14 @@ def to_device(x, device: str):
     if device == "cpu":
         return to_numpy(x)
     if device == "cuda":
-        cp = cupy_module()
-        return cp.asarray(x)
+        return device_module().asarray(x)
     raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
 
 
 def to_numpy(x):
     """Return a NumPy array for ``x`` (a device-to-host copy for CuPy arrays)."""
+    if _is_standin(x):
+        return _standin().asnumpy(x)
     if _cupy is not None and isinstance(x, _cupy.ndarray):
         return _cupy.asnumpy(x)
     return np.asarray(x)
@@ -125,6 +196,8 @@ def to_numpy(x):
 
 def synchronize(x=None) -> None:
     """Block until queued GPU work is done (no-op on the CPU); used by timers."""
+    if _standin_on or _is_standin(x):
+        return  # the stand-in runs synchronously
     if _cupy is not None and (x is None or isinstance(x, _cupy.ndarray)):
         try:
             _cupy.cuda.Stream.null.synchronize()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from .backend import check_device
+from .backend import check_device, get_array_module, to_numpy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .metrics import MechanismTracker, collect_metrics
@@ -373,8 +373,15 @@ class Trainer:
         return record
 
     def _drain(self, pending, loss_sum, correct_sum, seen, epoch, step):
-        for loss, correct, n in pending:
-            value = float(loss)
+        if not pending:
+            return loss_sum, correct_sum, seen
+        # the (loss, count) pairs of every pending step stacked on the device and read back
+        # in ONE device->host copy (on the GPU a sync; one per drain, not two per step)
+        xp = get_array_module(pending[0][0])
+        rows = to_numpy(xp.stack([xp.stack((xp.asarray(loss, dtype=xp.float64),
+                                            xp.asarray(correct, dtype=xp.float64)))
+                                  for loss, correct, _ in pending])).tolist()
+        for (value, correct), (_, _, n) in zip(rows, pending):
             if not math.isfinite(value):
                 kept = (f"the last good checkpoint is kept: {self.paths.latest} (after epoch "
                         f"{epoch})" if epoch > 0 and os.path.exists(self.paths.latest) else
@@ -384,7 +391,7 @@ class Trainer:
                     f"(step {step + 1}); the run is stopped and {kept}. Lower optim.lr or "
                     "check the rule's options.")
             loss_sum += value * n
-            correct_sum += int(correct)
+            correct_sum += int(correct)  # a float64 holding an integer count, exact
             seen += n
         pending.clear()
         return loss_sum, correct_sum, seen

@@ -56,6 +56,7 @@ import numpy as np
 from ..backend import get_array_module, to_device, to_numpy
 from .base import Rule
 from .draw import draw_key, stream, xavier
+from .hostcopy import host_value, increment
 from .options import DescribedByOptions, check_bool, check_choice, check_density
 from .sparse import draw_mask, get_mask, masked
 
@@ -210,17 +211,19 @@ class BRSF(SignConcordant):
                               to_device(np.zeros((), dtype=np.int64), layer.device))
 
     def before_step(self, layer) -> None:
-        layer.feedback_draws += 1
+        increment(layer, "feedback_draws")
 
     def draw(self, layer, t: int):
         """``M_t`` on the layer's device (W's shape, layer dtype)."""
-        M = xavier(stream(layer.feedback_key, t), layer.weight_shape, layer.fan_in,
-                   layer.fan_out)
+        M = xavier(stream(host_value(layer, "feedback_key"), t), layer.weight_shape,
+                   layer.fan_in, layer.fan_out)
         return self._host_to_layer(layer, M)
 
     def magnitude(self, layer):
-        # one tiny device->host copy per step on the GPU; the draw is on the host anyway
-        t = int(to_numpy(layer.feedback_draws))
+        # t and key from their host copies (no device read per step); the draw itself is
+        # on the host, so on the GPU each step costs one host->device copy of M_t per layer
+        # (W's size, asynchronous) and no synchronisation
+        t = host_value(layer, "feedback_draws")
         cached = layer.cache.get("brsf_M")
         if cached is None or cached[0] != t:
             M = self.draw(layer, t)

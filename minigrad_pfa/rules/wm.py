@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_device, to_numpy
+from ..backend import to_device
 from ..functional import conv as F_conv
 from .base import Rule
 from .draw import draw_key, stream, xavier
+from .hostcopy import host_value, increment
 from .options import DescribedByOptions, check_float, check_int
 
 
@@ -150,15 +151,15 @@ class WM(DescribedByOptions, Rule):
         n = self.options["mirror_batch"] or self._input_shape[0]
         rest = self._input_shape[1:]
         shape = (n,) + tuple(rest[1:]) + (rest[0],) if len(rest) == 3 else (n,) + rest
-        xi = stream(layer.feedback_key, t).standard_normal(shape, dtype=layer.dtype)
+        xi = stream(host_value(layer, "feedback_key"), t).standard_normal(shape, dtype=layer.dtype)
         xi *= self.options["noise_std"]
         xi = to_device(xi, layer.device)
         return xi.transpose(0, 3, 1, 2) if xi.ndim == 4 else xi
 
     def mirror_step(self, layer) -> None:
         """One mirror update ``B <- (1 - eta*lam) B + eta * H`` (in place)."""
-        layer.feedback_mirror_count += 1
-        t = int(to_numpy(layer.feedback_mirror_count))
+        # host copies of the counter and key: no device read per mirror step
+        t = increment(layer, "feedback_mirror_count")
         H = hebbian(layer, self.noise(layer, t))
         eta, lam = self.options["mirror_lr"], self.options["mirror_decay"]
         B = layer.feedback_B
