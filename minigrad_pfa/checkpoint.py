@@ -46,16 +46,17 @@ META_KEY = "__meta__"
 # np.savez's own keyword arguments cannot be array names
 _RESERVED = (META_KEY, "file", "allow_pickle")
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
-_WHAT_TO_DO = ("Resume from an earlier checkpoint, or start the run afresh "
-               "(without --resume).")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")   # an .npz is a zip archive (empty: the second)
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "pack_state",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
+           "pack_state",
            "unpack_state", "rng_state_to_json", "rng_from_json", "rng_set_state"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or corrupt; the message names the file, the
-    problem and what to do."""
+    """A checkpoint is missing, truncated or corrupt; the message names the file and the
+    problem. What to do depends on the caller (resume, export, ``--init-from``), which
+    adds it."""
 
 
 # ---------------------------------------------------------------------- save / load
@@ -148,19 +149,10 @@ def load_checkpoint(path, verify: bool = True) -> tuple["OrderedDict[str, np.nda
         The file is missing, truncated, corrupt or not a minigrad_pfa checkpoint.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist. Check the path, or start "
-                              "the run afresh (without --resume).")
+    _check_is_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            if META_KEY not in z.files:
-                raise _Bad(f"it has no {META_KEY!r} entry (not written by save_checkpoint)")
-            doc = json.loads(z[META_KEY].item())
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-                raise _Bad("its metadata does not identify a minigrad_pfa checkpoint")
-            if doc.get("version") != VERSION:
-                raise _Bad(f"format version {doc.get('version')!r} is not the supported "
-                           f"{VERSION}")
+            doc = _read_doc(z)
             index = doc["arrays"]
             stored = [k for k in z.files if k != META_KEY]
             if sorted(stored) != sorted(index):
@@ -177,16 +169,63 @@ def load_checkpoint(path, verify: bool = True) -> tuple["OrderedDict[str, np.nda
                         raise _Bad(f"array {key!r} fails its sha256 check")
                 out[key] = a
     except _Bad as exc:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt: {exc}. {_WHAT_TO_DO}") from None
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: {exc}") from None
     except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, zlib.error, ...
-        raise CheckpointError(
-            f"checkpoint {path!r} is truncated or corrupt ({type(exc).__name__}: {exc}); "
-            f"an interrupted copy or a full disk can cause this. {_WHAT_TO_DO}") from exc
+        raise _truncated(path, exc) from exc
     return out, doc["meta"]
+
+
+def read_checkpoint_meta(path) -> dict:
+    """The ``meta`` of a checkpoint without reading (or verifying) its arrays: cheap, for
+    looking at a run's identity and position. Raises :class:`CheckpointError` like
+    :func:`load_checkpoint`."""
+    path = os.fspath(path)
+    _check_is_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return _read_doc(z)["meta"]
+    except _Bad as exc:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: {exc}") from None
+    except Exception as exc:
+        raise _truncated(path, exc) from exc
 
 
 class _Bad(Exception):
     """Internal: a readable file whose content is wrong."""
+
+
+def _check_is_npz(path: str) -> None:
+    """Refuse what is not a zip archive before NumPy sees it: ``np.load`` would try a
+    non-zip file as ``.npy`` or pickle and answer with advice to load it unsafely."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path!r} cannot be read: {exc}") from None
+    if head not in _ZIP_MAGIC:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or not a checkpoint: it is not "
+                              f"an .npz (zip) archive (it starts with {head!r})")
+
+
+def _read_doc(z) -> dict:
+    """The checked ``__meta__`` document of an open ``.npz``."""
+    if META_KEY not in z.files:
+        raise _Bad(f"it has no {META_KEY!r} entry (not written by save_checkpoint)")
+    doc = json.loads(z[META_KEY].item())
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise _Bad("its metadata does not identify a minigrad_pfa checkpoint")
+    if doc.get("version") != VERSION:
+        raise _Bad(f"format version {doc.get('version')!r} is not the supported {VERSION}")
+    return doc
+
+
+def _truncated(path: str, exc: Exception) -> CheckpointError:
+    # NumPy's own messages may advise allow_pickle=True: never pass that advice on
+    detail = "" if "pickle" in str(exc) else f" ({type(exc).__name__}: {exc})"
+    return CheckpointError(f"checkpoint {path!r} is truncated or corrupt{detail}; an "
+                           "interrupted copy or a full disk can cause this")
 
 
 def _sha256(a: np.ndarray) -> str:
