@@ -22,6 +22,7 @@ the engine's stream keys and counters (``feedback_key``, ``feedback_draws``,
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -64,7 +65,7 @@ def stored(a, dtype: str) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind == "f":
         a = a.astype(dtype)
-    return np.ascontiguousarray(a)
+    return np.array(a, order="C")  # (not ascontiguousarray: it makes a 0-d array 1-d)
 
 
 def case_name(engine_name: str) -> str:
@@ -91,15 +92,15 @@ def module_grads(module) -> "OrderedDict[str, np.ndarray]":
 
 
 # ------------------------------------------------------------------------------ layers
-def make_layer(spec: dict) -> WeightLayer:
-    """A float64 Linear/Conv2d from a layer spec (``docs/crosscheck.md``)."""
+def make_layer(spec: dict, dtype: str = "float64") -> WeightLayer:
+    """A Linear/Conv2d from a layer spec (``docs/crosscheck.md``)."""
     if spec["layer"] == "linear":
         layer = Linear(spec["in_features"], spec["out_features"], bias=spec["bias"],
-                       dtype="float64")
+                       dtype=dtype)
     else:
         layer = Conv2d(spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]),
                        tuple(spec["stride"]), tuple(spec["padding"]), bias=spec["bias"],
-                       dtype="float64")
+                       dtype=dtype)
     layer.qualname = "layer"
     return layer
 
@@ -121,25 +122,43 @@ def _init_weight_layer(layer, rng) -> None:
         layer.bias.data[...] = 0.1 * rng.standard_normal(layer.bias.data.shape)
 
 
-def inject_draws(layers, draws: dict) -> None:
-    """Hand brSF its stored draw ``M_t`` for the current step (its per-step cache)."""
-    for name, layer in layers.items():
-        if name in draws:
-            t = int(np.asarray(layer.feedback_draws))
-            layer.cache["brsf_M"] = (t, np.abs(draws[name]))
+def load_state(module, inputs: dict, prefix: str = "") -> None:
+    """Copy a case's arrays into ``module``'s parameters and buffers (in place, by case
+    name; the engine's stream keys and counters are left alone).
+
+    Raises
+    ------
+    KeyError
+        The case lacks an array the module has (names it).
+    """
+    for name, arr in module.state_dict().items():
+        if name.rpartition(".")[2] in _INTERNAL or arr is None:
+            continue
+        key = prefix + case_name(name)
+        if key not in inputs:
+            raise KeyError(f"the case has no input {key!r} for the engine's {name!r}")
+        arr[...] = inputs[key]
 
 
-def begin_step(layers, dtype: str, shapes=None) -> dict:
-    """``before_step`` of every layer's rule; brSF's draw of this step, quantised and
-    injected. Returns ``{layer name: M_t}`` (float64, quantised)."""
-    draws = {}
+def begin_step(layers, inputs: dict, prefix_of=lambda name: "") -> None:
+    """``before_step`` of every layer's rule, then brSF's stored draw ``M_t`` of this step
+    handed to its per-step cache (``inputs[prefix + "M_t"]``)."""
     for name, layer in layers.items():
         layer.rule.before_step(layer)
+        key = prefix_of(name) + "M_t"
         if layer.rule.name == "brsf":
             t = int(np.asarray(layer.feedback_draws))
-            draws[name] = quantise(layer.rule.draw(layer, t), dtype)
-    inject_draws(layers, draws)
-    return draws
+            layer.cache["brsf_M"] = (t, np.abs(inputs[key]))
+
+
+def draw_brsf(layers, dtype: str, prefix_of=lambda name: "") -> dict:
+    """brSF's engine draw ``M_1`` of every brSF layer, quantised, under its input name."""
+    return {prefix_of(name) + "M_t": quantise(layer.rule.draw(layer, 1), dtype)
+            for name, layer in layers.items() if layer.rule.name == "brsf"}
+
+
+def _dotted(name: str) -> str:
+    return f"{name}."
 
 
 def feedback_inputs(layer) -> "OrderedDict[str, np.ndarray]":
@@ -157,125 +176,141 @@ def learned_feedback(layer):
     return None
 
 
-def run_layer(rule, options, spec, dtype, seed, x_shape, scale_w=1.0):
-    """Kind ``layer``: one forward and one backward pass. Returns (inputs, expected)."""
-    rng = np.random.default_rng(seed)
+def _context(inputs: dict) -> BackwardContext:
+    return BackwardContext(output_error=inputs.get("output_error"))
+
+
+def _new_draws(rng, dtype, shape, scale=1.0):
+    return quantise(scale * rng.standard_normal(shape), dtype)
+
+
+# ------------------------------------------------------------------------------ layer
+def execute_layer(layer, inputs: dict) -> "OrderedDict[str, np.ndarray]":
+    """Kind ``layer`` on a set-up layer: forward ``x``, backward ``grad_output``."""
+    begin_step({"layer": layer}, inputs)
+    y = layer.forward(inputs["x"])
+    grad_in = layer.backward(inputs["grad_output"], _context(inputs))
+    out = OrderedDict(output=np.array(y), grad_input=np.array(grad_in),
+                      grad_weight=np.array(layer.weight.grad))
+    if layer.bias is not None:
+        out["grad_bias"] = np.array(layer.bias.grad)
+    learned = learned_feedback(layer)
+    if learned is not None:
+        out[f"grad_{learned[0]}"] = np.array(learned[1].grad)
+    return out
+
+
+def _drawn_layer(rule, options, spec, dtype, rng, seed, x_shape, scale_w=1.0):
     layer = make_layer(spec)
     _init_weight_layer(layer, rng)
     attach_one(layer, rule, options, seed, 0, input_shape=tuple(x_shape[1:]))
     layer.weight.data *= scale_w  # W_t != W_0: norm="init" and "sn" then differ
     quantise_module(layer, dtype)
-    layers = {"layer": layer}
-    draws = begin_step(layers, dtype)
-    x = quantise(rng.standard_normal(x_shape), dtype)
-    y = np.array(layer.forward(x))
-    delta = quantise(rng.standard_normal(y.shape), dtype)
-    e = quantise(rng.standard_normal((x_shape[0], NUM_CLASSES)) / x_shape[0], dtype)
-    inputs = OrderedDict(x=x, weight=np.array(layer.weight.data))
-    if layer.bias is not None:
-        inputs["bias"] = np.array(layer.bias.data)
-    inputs["grad_output"] = delta
-    if rule == "dfa":
-        inputs["output_error"] = e
-    inputs.update(feedback_inputs(layer))
-    if "layer" in draws:
-        inputs["M_t"] = draws["layer"]
-    grad_in = layer.backward(delta, BackwardContext(output_error=e))
-    expected = OrderedDict(output=y, grad_input=np.array(grad_in),
-                           grad_weight=np.array(layer.weight.grad))
-    if layer.bias is not None:
-        expected["grad_bias"] = np.array(layer.bias.grad)
-    learned = learned_feedback(layer)
-    if learned is not None:
-        expected[f"grad_{learned[0]}"] = np.array(learned[1].grad)
-    return inputs, expected
-
-
-# ------------------------------------------------------------------------------ WM mirror
-def feed_noise(layer, noise) -> None:
-    """Make WM's mirror use the stored noise images ``noise[t - 1]`` at its step ``t``
-    (counted from the layer's mirror count at this call)."""
-    start = int(np.asarray(layer.feedback_mirror_count))
-    layer.rule.noise = lambda _layer, t: noise[t - start - 1]
-
-
-def run_mirror(options, spec, dtype, seed, x_shape):
-    """Kind ``mirror``: WM's mirror phase with stored noise. Returns (inputs, expected)."""
-    rng = np.random.default_rng(seed)
-    layer = make_layer(spec)
-    _init_weight_layer(layer, rng)
-    attach_one(layer, "wm", options, seed, 0)
-    quantise_module(layer, dtype)
-    steps = layer.rule.options["mirror_steps"]
-    n_m = layer.rule.options["mirror_batch"] or x_shape[0]
-    noise = quantise(layer.rule.options["noise_std"] *
-                     rng.standard_normal((steps, n_m) + tuple(x_shape[1:])), dtype)
-    inputs = OrderedDict(weight=np.array(layer.weight.data), B=np.array(layer.feedback_B),
-                         noise=noise)
-    feed_noise(layer, noise)
-    layer.rule.after_step(layer)
-    return inputs, OrderedDict(B=np.array(layer.feedback_B))
-
-
-# ------------------------------------------------------------------------------ trajectories
-def run_trajectory(rule, options, spec, dtype, seed, x_shape, optimizer: dict, lr, wd):
-    """Kind ``trajectory``: ``len(lr)`` optimizer steps of one layer (docs/crosscheck.md
-    gives the order of operations). Returns (inputs, expected)."""
-    rng = np.random.default_rng(seed)
-    layer = make_layer(spec)
-    _init_weight_layer(layer, rng)
-    attach_one(layer, rule, options, seed, 0, input_shape=tuple(x_shape[1:]))
-    quantise_module(layer, dtype)
     inputs = OrderedDict(weight=np.array(layer.weight.data))
     if layer.bias is not None:
         inputs["bias"] = np.array(layer.bias.data)
     inputs.update(feedback_inputs(layer))
-    opts = {k: v for k, v in optimizer.items() if k != "name"}
+    return layer, inputs
+
+
+def run_layer(rule, options, spec, dtype, seed, x_shape, scale_w=1.0):
+    """Kind ``layer``: draw the state and inputs, then :func:`execute_layer`."""
+    rng = np.random.default_rng(seed)
+    layer, state = _drawn_layer(rule, options, spec, dtype, rng, seed, x_shape, scale_w)
+    x = _new_draws(rng, dtype, x_shape)
+    inputs = OrderedDict(x=x)
+    inputs.update(state)
+    inputs["grad_output"] = _new_draws(rng, dtype, layer.forward(x).shape)
+    if rule == "dfa":
+        inputs["output_error"] = _new_draws(rng, dtype, (x_shape[0], NUM_CLASSES),
+                                            1.0 / x_shape[0])
+    inputs.update(draw_brsf({"layer": layer}, dtype))
+    return inputs, execute_layer(layer, inputs)
+
+
+# ------------------------------------------------------------------------------ WM mirror
+def feed_noise(layer, noise) -> None:
+    """Make WM's mirror use the stored noise images ``noise[i]`` at its i-th next step."""
+    start = int(np.asarray(layer.feedback_mirror_count))
+    layer.rule.noise = lambda _layer, t: noise[t - start - 1]
+
+
+def execute_mirror(layer, inputs: dict) -> "OrderedDict[str, np.ndarray]":
+    """Kind ``mirror``: the mirror phase with the stored noise."""
+    feed_noise(layer, inputs["noise"])
+    layer.rule.after_step(layer)
+    return OrderedDict(B=np.array(layer.feedback_B))
+
+
+def _mirror_noise(layer, rng, dtype, x_shape):
+    o = layer.rule.options
+    shape = (o["mirror_steps"], o["mirror_batch"] or x_shape[0]) + tuple(x_shape[1:])
+    return _new_draws(rng, dtype, shape, o["noise_std"])
+
+
+def run_mirror(options, spec, dtype, seed, x_shape):
+    """Kind ``mirror``: draw ``W``, ``B`` and the noise, then :func:`execute_mirror`."""
+    rng = np.random.default_rng(seed)
+    layer, inputs = _drawn_layer("wm", options, spec, dtype, rng, seed, x_shape)
+    inputs["noise"] = _mirror_noise(layer, rng, dtype, x_shape)
+    return inputs, execute_mirror(layer, inputs)
+
+
+# ------------------------------------------------------------------------------ trajectories
+_PER_STEP = ("x", "grad_output", "output_error", "M_t", "noise")
+
+
+def execute_trajectory(layer, inputs: dict, optimizer: dict) -> "OrderedDict[str, np.ndarray]":
+    """Kind ``trajectory``: ``len(lr)`` steps (order of operations in docs/crosscheck.md)."""
+    lr, wd = inputs["lr"], inputs["weight_decay"]
+    opts = {k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in optimizer.items() if k != "name"}
     opt = build_optimizer(optimizer["name"], list(layer.named_parameters()), lr=float(lr[0]),
                           **opts)
-    layers = {"layer": layer}
     learned = learned_feedback(layer)
-    wm = layer.rule.name == "wm"
-    per_step = {k: [] for k in ("x", "grad_output", "output_error", "M_t", "noise")}
-    out = {k: [] for k in ("weight", "bias", "grad_input")}
-    fb_name = learned[0] if learned is not None else ("B" if wm else None)
-    fb_out = []
+    fb = learned[0] if learned is not None else ("B" if layer.rule.name == "wm" else None)
+    out = OrderedDict((k, []) for k in ("weight", "bias", "grad_input", fb) if k)
+    if layer.bias is None:
+        del out["bias"]
     for t in range(len(lr)):
+        step = {k: inputs[k][t] for k in _PER_STEP if k in inputs}
         opt.lr, opt.weight_decay = float(lr[t]), float(wd[t])
-        draws = begin_step(layers, dtype)
-        x = quantise(rng.standard_normal(x_shape), dtype)
-        y = layer.forward(x)
-        delta = quantise(rng.standard_normal(y.shape), dtype)
-        e = quantise(rng.standard_normal((x_shape[0], NUM_CLASSES)) / x_shape[0], dtype)
-        grad_in = layer.backward(delta, BackwardContext(output_error=e))
+        begin_step({"layer": layer}, step)
+        layer.forward(step["x"])
+        grad_in = layer.backward(step["grad_output"], _context(step))
         opt.step()
-        if wm:
-            s, n_m = layer.rule.options["mirror_steps"], layer.rule.options["mirror_batch"]
-            noise = quantise(layer.rule.options["noise_std"] * rng.standard_normal(
-                (s, n_m or x_shape[0]) + tuple(x_shape[1:])), dtype)
-            feed_noise(layer, noise)
-            per_step["noise"].append(noise)
+        if "noise" in step:
+            feed_noise(layer, step["noise"])
         layer.rule.after_step(layer)
-        per_step["x"].append(x)
-        per_step["grad_output"].append(delta)
-        per_step["output_error"].append(e)
-        if "layer" in draws:
-            per_step["M_t"].append(draws["layer"])
         out["weight"].append(np.array(layer.weight.data))
         if layer.bias is not None:
             out["bias"].append(np.array(layer.bias.data))
         out["grad_input"].append(np.array(grad_in))
-        if fb_name is not None:
-            fb_out.append(np.array(learned[1].data if learned else layer.feedback_B))
-    for k in ("x", "grad_output", "output_error", "M_t", "noise"):
-        if per_step[k] and (k != "output_error" or rule == "dfa"):
-            inputs[k] = np.stack(per_step[k])
+        if fb is not None:
+            out[fb].append(np.array(learned[1].data if learned else layer.feedback_B))
+    return OrderedDict((k, np.stack(v)) for k, v in out.items())
+
+
+def run_trajectory(rule, options, spec, dtype, seed, x_shape, optimizer: dict, lr, wd):
+    """Kind ``trajectory``: draw the initial state and every step's inputs, then
+    :func:`execute_trajectory`."""
+    rng = np.random.default_rng(seed)
+    layer, inputs = _drawn_layer(rule, options, spec, dtype, rng, seed, x_shape)
+    k = len(lr)
+    inputs["x"] = _new_draws(rng, dtype, (k,) + tuple(x_shape))
+    inputs["grad_output"] = _new_draws(rng, dtype, (k,) + layer.forward(inputs["x"][0]).shape)
+    if rule == "dfa":
+        inputs["output_error"] = _new_draws(rng, dtype, (k, x_shape[0], NUM_CLASSES),
+                                            1.0 / x_shape[0])
+    if rule == "brsf":
+        inputs["M_t"] = np.stack([quantise(layer.rule.draw(layer, t + 1), dtype)
+                                  for t in range(k)])
+    if rule == "wm":
+        inputs["noise"] = np.stack([_mirror_noise(layer, rng, dtype, x_shape)
+                                    for _ in range(k)])
     inputs["lr"] = np.asarray(lr, dtype=np.float64)
     inputs["weight_decay"] = np.asarray(wd, dtype=np.float64)
-    expected = OrderedDict((k, np.stack(v)) for k, v in out.items() if v)
-    if fb_name is not None:
-        expected[fb_name] = np.stack(fb_out)
-    return inputs, expected
+    return inputs, execute_trajectory(layer, inputs, optimizer)
 
 
 # ------------------------------------------------------------------------------ modules
@@ -295,65 +330,86 @@ def _running_stats(module) -> "OrderedDict[str, np.ndarray]":
                        if k.rpartition(".")[2] in ("running_mean", "running_var"))
 
 
-def build_module(spec: dict):
-    """A float64 BatchNorm1d/2d or BasicBlock from a module spec."""
+def build_module(spec: dict, dtype: str = "float64"):
+    """A BatchNorm1d/2d or BasicBlock from a module spec, in ``spec["training"]`` mode."""
     kind = spec["module"]
     if kind in ("batchnorm1d", "batchnorm2d"):
         cls = BatchNorm1d if kind == "batchnorm1d" else BatchNorm2d
-        return cls(spec["num_features"], eps=spec["eps"], momentum=spec["momentum"],
-                   dtype="float64")
-    return BasicBlock(spec["in_planes"], spec["planes"], spec["stride"], spec["shortcut"],
-                      dtype="float64")
+        module = cls(spec["num_features"], eps=spec["eps"], momentum=spec["momentum"],
+                     dtype=dtype)
+    else:
+        module = BasicBlock(spec["in_planes"], spec["planes"], spec["stride"],
+                            spec["shortcut"], dtype=dtype)
+    for name, layer in weight_layers(module).items():
+        layer.qualname = name
+    return module.train(spec["training"])
+
+
+def attach_module(module, rule, options, seed, num_classes=NUM_CLASSES) -> None:
+    """The rule on every weight layer of a module (all compute their input error)."""
+    for i, layer in enumerate(weight_layers(module).values()):
+        attach_one(layer, rule, options, seed, i, num_classes=num_classes)
+
+
+def execute_module(module, inputs: dict) -> "OrderedDict[str, np.ndarray]":
+    """Kind ``module``: forward ``x``, backward ``grad_output`` (with ``output_error``)."""
+    begin_step(weight_layers(module), inputs, _dotted)
+    y = module.forward(inputs["x"])
+    grad_in = module.backward(inputs["grad_output"], _context(inputs))
+    out = OrderedDict(output=np.array(y), grad_input=np.array(grad_in))
+    out.update(module_grads(module))
+    out.update(_running_stats(module))
+    return out
 
 
 def run_module(rule, options, spec, dtype, seed, x_shape):
-    """Kind ``module``: forward + backward of a BatchNorm or BasicBlock for a given
-    ``grad_output`` (its rule on every conv). Returns (inputs, expected)."""
+    """Kind ``module``: draw the state and inputs, then :func:`execute_module`."""
     rng = np.random.default_rng(seed)
     module = build_module(spec)
-    layers = weight_layers(module)
-    for i, (name, layer) in enumerate(layers.items()):
-        layer.qualname = name
+    for layer in weight_layers(module).values():
         layer.reset_parameters(rng)
-        attach_one(layer, rule, options, seed, i)
+    attach_module(module, rule, options, seed)
     _randomise_bn(module, rng)
-    module.train(spec["training"])
     quantise_module(module, dtype)
-    draws = begin_step(layers, dtype)
-    x = quantise(rng.standard_normal(x_shape), dtype)
+    x = _new_draws(rng, dtype, x_shape)
     inputs = OrderedDict(x=x)
     inputs.update(module_state(module))
-    for name, M in draws.items():
-        inputs[f"{name}.M_t"] = M
-    y = np.array(module.forward(x))
-    delta = quantise(rng.standard_normal(y.shape), dtype)
-    e = quantise(rng.standard_normal((x_shape[0], NUM_CLASSES)) / x_shape[0], dtype)
-    inputs["grad_output"] = delta
+    probe = copy.deepcopy(module).eval()  # the output shape, without touching the stats
+    inputs["grad_output"] = _new_draws(rng, dtype, probe.forward(x).shape)
     if rule == "dfa":
-        inputs["output_error"] = e
-    grad_in = module.backward(delta, BackwardContext(output_error=e))
-    expected = OrderedDict(output=y, grad_input=np.array(grad_in))
-    expected.update(module_grads(module))
-    expected.update(_running_stats(module))
-    return inputs, expected
+        inputs["output_error"] = _new_draws(rng, dtype, (x_shape[0], NUM_CLASSES),
+                                            1.0 / x_shape[0])
+    inputs.update(draw_brsf(weight_layers(module), dtype, _dotted))
+    return inputs, execute_module(module, inputs)
 
 
 # ------------------------------------------------------------------------------ networks
-def build_network(spec: dict, seed: int):
-    """A float64 MLP or CIFAR ResNet from a network spec, named and initialised."""
+def build_network(spec: dict, seed: int, dtype: str = "float64"):
+    """An MLP or CIFAR ResNet from a network spec, named and initialised, training mode."""
     if spec["model"] == "mlp":
         model = MLP(spec["in_features"], tuple(spec["hidden"]), spec["num_classes"],
-                    dtype="float64")
+                    dtype=dtype)
     else:
         model = CifarResNet(6 * spec["blocks_per_stage"] + 2, spec["num_classes"],
-                            spec["in_channels"], spec["shortcut"], "float64",
+                            spec["in_channels"], spec["shortcut"], dtype,
                             widths=tuple(spec["widths"]))
-    return init_model(finalize(model), seed)
+    return init_model(finalize(model), seed).train(True)
+
+
+def execute_network(model, inputs: dict) -> "OrderedDict[str, np.ndarray]":
+    """Kind ``network``: loss and every gradient of one training-mode step (no update)."""
+    begin_step(weight_layers(model), inputs, _dotted)
+    logits = model.forward(inputs["x"])
+    loss, e = softmax_cross_entropy(logits, inputs["labels"])
+    model.backward(e, BackwardContext(output_error=e))
+    out = OrderedDict(logits=np.array(logits), loss=np.array(loss))
+    out.update(module_grads(model))
+    out.update(_running_stats(model))
+    return out
 
 
 def run_network(rule, options, spec, dtype, seed, x_shape):
-    """Kind ``network``: loss and every gradient of one training-mode step (no update).
-    Returns (inputs, expected)."""
+    """Kind ``network``: draw the state and inputs, then :func:`execute_network`."""
     rng = np.random.default_rng(seed)
     model = build_network(spec, seed)
     for layer in weight_layers(model).values():
@@ -362,19 +418,8 @@ def run_network(rule, options, spec, dtype, seed, x_shape):
     _randomise_bn(model, rng)
     attach_rules(model, dict(options, name=rule), seed, input_shape=tuple(x_shape[1:]))
     quantise_module(model, dtype)
-    model.train(True)
-    layers = weight_layers(model)
-    draws = begin_step(layers, dtype)
-    x = quantise(rng.standard_normal(x_shape), dtype)
-    labels = rng.integers(0, spec["num_classes"], size=x_shape[0]).astype(np.int64)
-    inputs = OrderedDict(x=x, labels=labels)
+    inputs = OrderedDict(x=_new_draws(rng, dtype, x_shape),
+                         labels=rng.integers(0, spec["num_classes"], size=x_shape[0]))
     inputs.update(module_state(model))
-    for name, M in draws.items():
-        inputs[f"{name}.M_t"] = M
-    logits = model.forward(x)
-    loss, e = softmax_cross_entropy(logits, labels)
-    model.backward(e, BackwardContext(output_error=e))
-    expected = OrderedDict(logits=np.array(logits), loss=np.array(loss))
-    expected.update(module_grads(model))
-    expected.update(_running_stats(model))
-    return inputs, expected
+    inputs.update(draw_brsf(weight_layers(model), dtype, _dotted))
+    return inputs, execute_network(model, inputs)
