@@ -33,6 +33,12 @@ def _add_train_parser(sub):
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of 'mpiexec -n N' (docs/scaling.md)")
+    p.add_argument("--collective-timeout", type=float, default=None, metavar="S",
+                   help="--distributed: seconds a rank waits for the others in one "
+                        "collective before ending the job (default 300 or "
+                        "$MINIGRAD_PFA_COLLECTIVE_TIMEOUT)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -56,6 +62,12 @@ def _cmd_train(args):
             raise ValueError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, overrides)
         out_dir = args.run_dir or os.path.join(args.out, cfg["name"])
+    if args.distributed:
+        from .distributed.launch import train_distributed
+        train_distributed(cfg, out_dir, resume=bool(args.resume), progress=not args.no_progress,
+                          command=getattr(args, "command_line", None),
+                          timeout_s=args.collective_timeout)
+        return 0
     data = build_data(cfg)
     trainer = Trainer(cfg, out_dir, data, progress=not args.no_progress,
                       command=getattr(args, "command_line", None))

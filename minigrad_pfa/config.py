@@ -186,6 +186,11 @@ SCHEMA: dict[str, Any] = {
                                "epoch (protocols without a validation split); 'auto': val if "
                                "val_size > 0"),
     },
+    "distributed": {
+        "sync_bn": Field(bool, False, doc="train --distributed: BatchNorm statistics of the "
+                                          "global batch (N ranks = one process); false: "
+                                          "each rank's shard (PyTorch DDP's default)"),
+    },
     "published": Free((dict, type(None)), None, doc="published reference numbers (report)"),
     "protocol": Field((str, type(None)), None, doc="experiment id (E1, E2, F1, ...)"),
 }

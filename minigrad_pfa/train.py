@@ -38,6 +38,7 @@ import yaml
 
 from .backend import check_device, get_array_module, to_numpy
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, resolve_config
 from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .metrics import MechanismTracker, collect_metrics
 from .nn.models import build_model, weight_layers
@@ -53,14 +54,21 @@ class DivergenceError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def train_step(model, layers, optimizer, x, y):
-    """One step of the active rules on a batch; returns (loss, n_correct) as device scalars."""
+def train_step(model, layers, optimizer, x, y, parallel=None):
+    """One step of the active rules on a batch; returns (loss, n_correct) as device scalars.
+
+    ``parallel`` (a :class:`~minigrad_pfa.distributed.parallel.DataParallel`, data-parallel
+    runs only): ``x, y`` are this rank's shard; the gradients are averaged over the ranks
+    before the optimizer step and the returned loss / count are the global batch's.
+    """
     for layer in layers:
         layer.rule.before_step(layer)
     logits = model.forward(x)
     loss, e = softmax_cross_entropy(logits, y)
     correct = accuracy_counts(logits, y)
     model.backward(e, BackwardContext(output_error=e))
+    if parallel is not None:
+        loss, correct = parallel.average_gradients(optimizer, loss, correct)
     optimizer.step()
     for layer in layers:
         layer.rule.after_step(layer)
@@ -85,6 +93,10 @@ def evaluate(model, loader):
     finally:
         model.clear_cache()
         model.train(was_training)
+    # a data-parallel loader yields this rank's part of each batch: add the other ranks'
+    combine = getattr(loader, "combine_totals", None)
+    if combine is not None:
+        total_loss, total_correct, total = combine(total_loss, total_correct, total)
     if total == 0:
         raise RuntimeError("evaluation loader yielded no examples")
     return total_loss / total, 100.0 * total_correct / total
@@ -171,8 +183,11 @@ class Trainer:
         Show a tqdm progress bar per epoch.
     """
 
-    def __init__(self, cfg, out_dir, data, progress=True, log=print, command=None):
+    def __init__(self, cfg, out_dir, data, progress=True, log=print, command=None,
+                 parallel=None):
         self.cfg = cfg
+        # data-parallel group (minigrad_pfa.distributed.launch), None for one process
+        self.parallel = parallel
         # the command line(s) that made this run: the original one, then each --resume
         self.commands = [str(command)] if command else []
         self.device = check_device(cfg["device"])
@@ -248,10 +263,15 @@ class Trainer:
             raise FileNotFoundError(f"cannot resume: no checkpoint {self.paths.latest} "
                                     "(the run finished no epoch yet; start it again without --resume)")
         meta = self.load(self.paths.latest)
+        saved = meta["config"]
+        try:  # keys added to the schema since the run started take their defaults
+            saved = resolve_config(saved)
+        except ConfigError:
+            pass
         # the device may change (checkpoints are host arrays): a GPU run can finish on a
         # CPU; anything else would make the run a mixture of two configs
-        diff = sorted(k for k in set(meta["config"]) | set(self.cfg)
-                      if k != "device" and meta["config"].get(k) != self.cfg.get(k))
+        diff = sorted(k for k in set(saved) | set(self.cfg)
+                      if k != "device" and saved.get(k) != self.cfg.get(k))
         if diff:
             raise ValueError(f"cannot resume {self.paths.root}: the config differs from the "
                              f"saved one in {diff}; resume without --set overrides")
@@ -341,9 +361,16 @@ class Trainer:
         for step, (x, y) in enumerate(loader):
             self.optimizer.lr = self.lr_schedule.value(epoch, step, steps)
             self.optimizer.weight_decay = self.wd_schedule.value(epoch, step, steps)
-            loss, correct = train_step(self.model, self.layers, self.optimizer, x, y)
+            if self.parallel is None:
+                loss, correct = train_step(self.model, self.layers, self.optimizer, x, y)
+                n = int(y.shape[0])
+            else:
+                with self.parallel.active():
+                    loss, correct = train_step(self.model, self.layers, self.optimizer, x, y,
+                                               self.parallel)
+                n = int(y.shape[0]) * self.parallel.size  # equal shards
             self.tracker.step(self.optimizer.lr, self.optimizer.weight_decay)
-            pending.append((loss, correct, int(y.shape[0])))
+            pending.append((loss, correct, n))
             if every_n and (epoch * steps + step + 1) % every_n == 0:
                 self._step_metrics(epoch, step, steps)
             if len(pending) >= check_every:

@@ -123,9 +123,13 @@ class DataLoader:
         bs = self.batch_size
         return [order[i:i + bs] for i in range(0, len(self) * bs, bs)]
 
+    def batch_rng(self, epoch: int, b: int) -> np.random.Generator:
+        """The augmentation stream of batch ``b`` of ``epoch``."""
+        return _rng(self.seed, epoch, 1, b)
+
     def make_batch(self, epoch: int, b: int, idx):
         """Batch ``b`` of ``epoch`` (a pure function of seed, epoch, b and ``idx``)."""
-        rng = _rng(self.seed, epoch, 1, b)
+        rng = self.batch_rng(epoch, b)
         x, y = self.dataset.get_batch(idx)
         if self._host_tf is not None:
             x = self._host_tf(x, rng)

@@ -103,7 +103,8 @@ def _check_vector(name, v, c, dtype):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bool,
-                      momentum: float = 0.1, eps: float = 1e-5, update_stats: bool = True):
+                      momentum: float = 0.1, eps: float = 1e-5, update_stats: bool = True,
+                      reduce=None):
     """Batch-norm forward pass.
 
     Parameters
@@ -123,6 +124,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     update_stats : bool
         In training mode, whether to update the running statistics (False for probe passes
         that must leave the model state untouched). Ignored in eval mode.
+    reduce : callable, optional
+        Synchronised BatchNorm (data parallelism): ``reduce(v)`` returns the sum of the
+        1-D array ``v`` over the ranks. In training mode the per-channel sums (with the
+        count m) and the sums of squared deviations are added over the ranks, so every
+        rank normalises with the statistics of the global batch; the backward pass adds
+        ``dbeta`` and ``dgamma`` over the ranks the same way. None: this batch only.
 
     Returns
     -------
@@ -155,13 +162,18 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     m = F.shape[0] * r
     xp = get_array_module(x)
     if training:
+        s = _channel_sum(F, r)
+        if reduce is not None:
+            s = reduce(xp.concatenate([s, xp.full((1,), m, dtype=s.dtype)]))
+            s, m = s[:-1], int(round(float(s[-1])))
         if m < 2:
             raise ValueError(f"batchnorm: expected more than 1 value per channel when "
                              f"training, got input of shape {tuple(x.shape)}")
-        mean = _channel_sum(F, r) / m
+        mean = s / m
         # two-pass variance (sum of squared deviations): no cancellation, unlike E[x^2]-mu^2
         xc = F - _tile(mean, r)
-        var = _channel_sum(xc, r, xc) / m
+        sq = _channel_sum(xc, r, xc)
+        var = (sq if reduce is None else reduce(sq)) / m
         inv_std = 1.0 / xp.sqrt(var + eps)
         if update_stats:
             running_mean *= 1.0 - momentum
@@ -172,8 +184,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
         y = xc * _tile(gamma * inv_std, r)
         y += _tile(beta, r)
         # xc rather than xhat: saves a pass here; backward uses xhat = xc * inv_std
-        cache = {"training": True, "xc": xc, "r": r, "inv_std": inv_std,
-                 "gamma": gamma.copy(), "shape": tuple(x.shape)}
+        cache = {"training": True, "xc": xc, "r": r, "inv_std": inv_std, "m": m,
+                 "reduce": reduce, "gamma": gamma.copy(), "shape": tuple(x.shape)}
     else:
         inv_std = 1.0 / xp.sqrt(running_var + eps)
         scale = gamma * inv_std
@@ -211,6 +223,10 @@ def batchnorm_backward(dy, cache):
 
     The train-mode ``dx`` includes the paths through mu and var (the statistics depend on
     every sample of the batch), even when the running statistics were not updated.
+
+    Synchronised (the forward's ``reduce``): ``dx`` uses ``dbeta`` and ``dgamma`` added over
+    the ranks and the global m; the returned ``dgamma``, ``dbeta`` stay this rank's share
+    (the parameter gradients are averaged with the others afterwards).
     """
     shape = cache["shape"]
     if tuple(dy.shape) != shape:
@@ -228,11 +244,15 @@ def batchnorm_backward(dy, cache):
     dgamma = _channel_sum(D, r, xc) * inv_std
     k = gamma * inv_std
     if cache["training"]:
-        m = xc.shape[0] * r
-        # dx = k * (dy - (xc * a + b)), built in one buffer
+        m = cache["m"]
         xp = get_array_module(D)
-        dx = xc * _tile(inv_std * dgamma / m, r)
-        dx += _tile(dbeta / m, r)
+        sb, sg = dbeta, dgamma
+        if cache["reduce"] is not None:
+            both = cache["reduce"](xp.concatenate([dbeta, dgamma]))
+            sb, sg = both[:dbeta.shape[0]], both[dbeta.shape[0]:]
+        # dx = k * (dy - (xc * a + b)), built in one buffer
+        dx = xc * _tile(inv_std * sg / m, r)
+        dx += _tile(sb / m, r)
         xp.subtract(D, dx, out=dx)
         dx *= _tile(k, r)
     else:

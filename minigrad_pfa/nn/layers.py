@@ -18,6 +18,7 @@ from ..functional import batchnorm as F_bn
 from ..functional import conv as F_conv
 from ..functional import linear as F_lin
 from ..functional import pooling as F_pool
+from ..distributed.context import current as current_parallel_group
 from ..rules.base import BP
 from .module import BackwardContext, Module, Parameter
 
@@ -304,10 +305,14 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}: expected {self._ndim}-D input with "
                              f"{self.num_features} channels, got {tuple(x.shape)}")
         update = self.training and self.update_running_stats
+        # data parallel with sync_bn: statistics of the global batch (distributed.context)
+        group = current_parallel_group()
+        reduce = group.reduce_sum if self.training and group is not None and group.sync_bn \
+            else None
         y, self.cache["bn"] = F_bn.batchnorm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             training=self.training, momentum=self.momentum, eps=self.eps,
-            update_stats=update)
+            update_stats=update, reduce=reduce)
         if update:
             self.num_batches_tracked += 1
         return y
