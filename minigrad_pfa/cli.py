@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_data_parser(sub)
     except ImportError:  # pragma: no cover - present in every release
         pass
-    for name in ("cli_report", "cli_bench", "cli_grid", "cli_export"):
+    for name in ("cli_report", "cli_bench", "cli_grid", "cli_export", "cli_crosscheck"):
         try:
             mod = __import__(f"{__package__}.{name}", fromlist=["add_parser"])
         except ImportError:
