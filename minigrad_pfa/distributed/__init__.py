@@ -31,10 +31,13 @@ What couples samples, and how it is kept equal:
   batch's statistics: N ranks = one process. Default (false): each rank normalises its own
   shard (PyTorch DDP's default), the running statistics of rank 0 are copied to every rank
   at the end of every epoch (DDP's ``broadcast_buffers``).
-* WM's mirror phase: every rank draws the *whole* noise batch from the layer's counter-based
-  stream (as one process does), computes the Hebbian sums of its slice of n_m/N rows, and
-  the sums are added over the ranks (one all-reduce of W's size per layer and mirror step),
-  so ``B`` is updated exactly as in one process.
+* WM's mirror phase (not a gradient: no all-reduce): every rank draws the same noise from
+  the layer's counter-based stream and computes the same update of ``B`` from the same
+  ``W``, so ``B`` stays equal on every rank without communication. The mirror batch
+  defaults to the layer's last batch, here the shard n/N: the estimate of ``W`` is then
+  sqrt(N) times noisier than one process's. Set the rule option ``mirror_batch: n`` and
+  the N-rank run draws exactly one process's noise (same stream, same size): the same
+  computation, the mirror done redundantly on every rank.
 * Augmentation: drawn per (seed, epoch, batch, rank, N); with augmentation the N-rank run
   sees other (identically distributed) crops and flips than one process.
 

@@ -1,12 +1,9 @@
-"""The data-parallel group active during a training step (read by BatchNorm and WM).
+"""The data-parallel group active during a training step (read by BatchNorm).
 
 Layers and rules never import MPI: a :class:`~minigrad_pfa.distributed.parallel.DataParallel`
-makes itself *active* around a training step (``with dp.active(): ...``) and the few places
-whose arithmetic spans the batch ask :func:`current` for it:
-
-* BatchNorm (``sync_bn``): its per-channel sums are added over the ranks;
-* WM's mirror phase: each rank computes its slice of the noise batch, the Hebbian sums
-  are added over the ranks.
+makes itself *active* around a training step (``with dp.active(): ...``) and the layers
+whose arithmetic spans the batch ask :func:`current` for it: BatchNorm with ``sync_bn``
+adds its per-channel sums over the ranks.
 
 Outside a training step (evaluation, the metrics' probe pass) nothing is active and every
 layer computes on its own data, so probes stay local and need no collective.

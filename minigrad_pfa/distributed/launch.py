@@ -27,6 +27,9 @@ from .parallel import DataParallel
 
 #: written by rank 0 in the run directory: one entry per start or resume
 RECORD = "distributed.json"
+#: what a resume reads from the run directory (rank 0 reads, every rank gets a copy)
+SHARED_ON_RESUME = ("run.json", "config.yaml", "metrics.jsonl", "metrics_steps.jsonl",
+                    "latest.npz", "best.npz")
 
 
 def select_communicator(device: str, timeout_s: float | None = None):
@@ -113,11 +116,12 @@ def _epoch_end(group: DataParallel, trainer) -> None:
 
 
 def _share_checkpoints(group: DataParallel, out_dir: str, scratch: str | None) -> None:
-    """Rank 0's latest.npz and best.npz, copied into the other ranks' scratch directories."""
+    """Rank 0's run files (checkpoints, logs, identity), copied into the other ranks'
+    scratch directories, where the same resume then runs."""
     files = None
     if group.rank == 0:
         files = {}
-        for name in ("latest.npz", "best.npz"):
+        for name in SHARED_ON_RESUME:
             path = os.path.join(out_dir, name)
             if os.path.exists(path):
                 with open(path, "rb") as fh:

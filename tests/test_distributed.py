@@ -1,0 +1,189 @@
+"""Data-parallel training over MPI (minigrad_pfa.distributed): ``mpiexec -n 2`` in the suite.
+
+* 2 ranks with sync_bn equal one process at the same global batch after 5 steps, for bp,
+  fa, dfa, usf, kp, pfa (MLP and a tiny ResNet; float64 <= 1e-10, float32 <= 1e-5 relative)
+  and WM with ``mirror_batch = n``; per-rank BatchNorm statistics differ (control);
+* a 2-rank run stopped after an epoch and resumed (on 2 ranks, and on 1) equals the
+  uninterrupted one; rank 0 alone writes; the run directory records N;
+* a rank that is killed, raises or hangs ends every rank with a clear message within the
+  collective timeout, leaving the last checkpoint loadable;
+* sharding and selection logic without MPI.
+
+Skipped with the reason when mpi4py or mpiexec is absent.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from minigrad_pfa.checkpoint import load_checkpoint
+from minigrad_pfa.distributed.parallel import shard_bounds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _mpi_missing():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install 'minigrad_pfa[mpi]')"
+    if shutil.which("mpiexec") is None:
+        return "no mpiexec on PATH (pip install mpich)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=_mpi_missing() or "")
+
+
+def mpiexec(n, args, env=None, timeout=240):
+    full = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    full.update(env or {})
+    t0 = time.monotonic()
+    proc = subprocess.run(["mpiexec", "-n", str(n), sys.executable] + args, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- no MPI needed
+def test_shard_bounds_partition_the_batch_in_rank_order():
+    for k in (8, 9, 1, 0, 127):
+        for size in (1, 2, 3, 4):
+            parts = [shard_bounds(k, r, size) for r in range(size)]
+            assert parts[0][0] == 0 and parts[-1][1] == k
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------- equivalence
+@needs_mpi
+def test_two_ranks_with_sync_bn_equal_one_process(tmp_path):
+    out = tmp_path / "eq.json"
+    proc, _ = mpiexec(2, [os.path.join(HERE, "_mpi_equivalence.py"), str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for kind in ("mlp", "resnet"):
+        for rule in ("bp", "fa", "dfa", "usf", "kp", "pfa"):
+            assert res[f"{kind}/{rule}/float64/sync_bn"] <= 1e-10, (kind, rule)
+            assert res[f"{kind}/{rule}/float32/sync_bn"] <= 1e-5, (kind, rule)
+    assert res["resnet/wm/float64/sync_bn"] <= 1e-10
+    # the control: per-rank BatchNorm statistics are another computation
+    assert res["resnet/bp/float64/local_bn"] > 1e-3
+
+
+# ---------------------------------------------------------------- CLI runs
+def write_cfg(tmp_path, **over):
+    cfg = {"name": "dp", "epochs": 3, "dtype": "float64",
+           "model": {"name": "mlp", "hidden": [16], "num_classes": 10},
+           "data": {"name": "synthetic-mlp", "batch_size": 32, "val_size": 64,
+                    "flatten": True, "normalize": "train_stats", "limit_train": 256,
+                    "prefetch": 0},
+           "rule": "pfa", "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+           "metrics": {"probe_size": 32}, "distributed": {"sync_bn": True}}
+    cfg.update(over)
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def train_args(cfg, run_dir, *extra):
+    return [os.path.join(HERE, "_mpi_train.py"), "train", cfg, "--run-dir", str(run_dir),
+            "--no-progress", "--distributed", *extra]
+
+
+def metrics(run_dir):
+    lines = [json.loads(s) for s in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if not k.endswith("time_s") and k not in ("wall_s", "run_id")}
+            for r in lines]
+
+
+def assert_runs_close(a, b, rtol):
+    ma, mb = metrics(a), metrics(b)
+    assert len(ma) == len(mb) == 3
+    for ra, rb in zip(ma, mb):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            if isinstance(ra[k], float):
+                assert ra[k] == pytest.approx(rb[k], rel=rtol, abs=1e-12), k
+            else:
+                assert ra[k] == rb[k], k
+    xa, _ = load_checkpoint(os.path.join(a, "latest.npz"))
+    xb, _ = load_checkpoint(os.path.join(b, "latest.npz"))
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        va, vb = np.asarray(xa[k]), np.asarray(xb[k])
+        if va.dtype.kind in "fiu":
+            np.testing.assert_allclose(va.astype(np.float64), vb.astype(np.float64),
+                                       rtol=rtol, atol=1e-12, err_msg=k)
+        else:
+            assert np.array_equal(va, vb), k
+
+
+@needs_mpi
+def test_resume_of_a_two_rank_run_equals_the_uninterrupted_run(tmp_path):
+    cfg = write_cfg(tmp_path)
+    ref = tmp_path / "ref"
+    proc, _ = mpiexec(2, train_args(cfg, ref))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((ref / "results.json").read_text())
+    assert results["distributed"] == {"world_size": 2, "sync_bn": True, "backend": "mpi"}
+    record = json.loads((ref / "distributed.json").read_text())
+    assert [r["world_size"] for r in record] == [2] and record[0]["per_rank_batch"] == 16
+    # rank 0 alone writes the run directory (run.json / run.lock: its identity and lock)
+    assert set(os.listdir(ref)) - {"run.json", "run.lock"} == {
+        "config.yaml", "metrics.jsonl", "latest.npz", "best.npz", "results.json",
+        "distributed.json"}
+    for n_resume in (2, 1):
+        run = tmp_path / f"run{n_resume}"
+        proc, _ = mpiexec(2, train_args(cfg, run), env={"MGP_FAULT": "stop:0"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(metrics(run)) == 1 and not (run / "results.json").exists()
+        proc, _ = mpiexec(n_resume, [os.path.join(HERE, "_mpi_train.py"), "train", "--resume",
+                                     str(run), "--no-progress", "--distributed"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # same N: the same additions in the same order, bitwise; another N: rounding only
+        assert_runs_close(str(ref), str(run), rtol=0.0 if n_resume == 2 else 1e-10)
+        record = json.loads((run / "distributed.json").read_text())
+        assert [(r["world_size"], r["start_epoch"]) for r in record] == [(2, 0), (n_resume, 1)]
+
+
+@needs_mpi
+def test_a_batch_that_does_not_divide_over_the_ranks_is_a_clear_error(tmp_path):
+    cfg = write_cfg(tmp_path, data={"name": "synthetic-mlp", "batch_size": 33,
+                                    "normalize": "none", "flatten": True, "limit_train": 256})
+    proc, _ = mpiexec(2, train_args(cfg, tmp_path / "r"))
+    assert proc.returncode != 0
+    assert "data.batch_size 33 (the global batch) does not divide over 2 ranks" in proc.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("fault", ["kill", "raise", "hang"])
+def test_a_failing_rank_ends_every_rank_within_the_timeout(tmp_path, fault):
+    cfg = write_cfg(tmp_path)
+    run = tmp_path / "run"
+    timeout = 8
+    # rank 1 fails at its 11th step: epoch 0 (8 steps) is checkpointed
+    proc, elapsed = mpiexec(2, train_args(cfg, run, "--collective-timeout", str(timeout)),
+                            env={"MGP_FAULT": f"{fault}:1:11"}, timeout=120)
+    assert proc.returncode != 0
+    assert elapsed < timeout + 60
+    err = proc.stdout + proc.stderr
+    if fault == "raise":
+        assert "rank 1 of 2): error: RuntimeError: injected fault (ending every rank)" in err
+    elif fault == "hang":
+        assert "rank 0 of 2): error: gradient all-reduce: no answer from the other ranks " \
+               f"within {timeout} s" in err
+    else:  # the launcher notices the death at once, or rank 0 at the deadline
+        assert ("Killed (signal 9)" in err or "no answer from the other ranks" in err), err
+    # the last good checkpoint (epoch 0) is intact and loadable; no results
+    arrays, meta = load_checkpoint(str(run / "latest.npz"))
+    assert meta["epoch_done"] == 0 and arrays
+    assert not (run / "results.json").exists()
