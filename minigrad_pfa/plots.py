@@ -139,18 +139,34 @@ def accuracy_vs_density(points: dict, path: str, title: str, bands=()) -> str:
     fig, (ax,) = _figure()
     for low, high, label in bands:
         ax.axhspan(low, high, color="grey", alpha=0.2, label=label)
-    for color, (rule, pts) in zip(_colors(len(points)), points.items()):
-        pts = sorted(pts)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                    yerr=[p[2] or 0.0 for p in pts], color=color, marker="o", capsize=3,
-                    label=rule)
-    ax.set_xscale("log")
-    ax.set_xlabel("feedback density rho")
-    ax.set_ylabel("accuracy (%)")
+    density_panel(ax, points, "accuracy (%)", title)
+    return _save(fig, path)
+
+
+def density_panel(ax, points: dict, ylabel: str, title: str) -> None:
+    """One line per rule against feedback density (log x) on ``ax``:
+    ``points = {rule: [(density, value, std or None), ...]}`` (undefined values left out)."""
+    for color, (rule, pts) in zip(_colors(max(1, len(points))), points.items()):
+        pts = sorted(p for p in pts if p[1] is not None)
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                        yerr=[p[2] or 0.0 for p in pts], color=color, marker="o", capsize=3,
+                        label=rule)
+    style(ax, "feedback density rho", ylabel, title, xlog=True)
+
+
+def style(ax, xlabel: str, ylabel: str, title: str, xlog=False, ylog=False,
+          legend: int = 8) -> None:
+    """Labels, log axes, a light grid (major and minor) and a legend where one is due."""
+    if xlog:
+        ax.set_xscale("log")
+    if ylog:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, 8)
-    return _save(fig, path)
+    _legend(ax, legend)
 
 
 def expansion_ratio(rows: list, published: list, path: str) -> str:

@@ -89,7 +89,8 @@ def pm(values):
 
 def section(md, title_start):
     parts = re.split(r"^## ", md, flags=re.M)
-    hits = [p for p in parts if p.startswith(title_start)]
+    # "F1" must not also match "F1-SF": a title is the name followed by ":" or the line end
+    hits = [p for p in parts if re.match(re.escape(title_start) + r"(:|\s*$)", p, flags=re.M)]
     assert len(hits) == 1, [p[:20] for p in parts]
     return hits[0]
 

@@ -23,6 +23,18 @@ Figures: accuracy per epoch (training and validation / unselected test curve) pe
 protocol; per-layer path angle and norm ratio per epoch for each rule; accuracy against
 feedback density for E4 (log x); and with ``--e5`` the expansion-ratio analysis (E5,
 :func:`minigrad_pfa.analysis.expansion_ratio_analysis`) beside the published points.
+
+Findings across protocols (:func:`~minigrad_pfa.report.document.cross_protocol_sections`),
+each where one of its protocols has runs, with "pending (run not finished)" for what is
+missing and every verdict computed from the numbers with its criterion printed:
+the sign-concordant family on F1 against Moskovitz et al. (:mod:`.signfamily`); F2's
+accuracy and path alignment against feedback density beside E4 (:mod:`.sparse`); KP beside
+PFA with the mechanism diagnostics, and whether F1's close ordering survives seeds
+(:mod:`.comparisons`); the measured mismatch decay against the law (:mod:`.decay`).
+
+Modules: :mod:`.runs` (loading, labels, grouping, numbers), :mod:`.fmt` (Markdown),
+:mod:`.sections` (per-protocol sections), :mod:`.document` (the document),
+:mod:`.findings` (noise and verdict helpers), :mod:`.figures`.
 """
 from .document import write_report
 from .fmt import DASH

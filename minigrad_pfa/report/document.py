@@ -70,6 +70,7 @@ def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10
         if plots:
             md += curve_figures(protocol, keys, groups, out, P)
 
+    md += cross_protocol_sections(groups, summaries, out, plots)
     if e5:
         md += e5_section(out, e5_reps, plots, P)
     if runs:
@@ -88,3 +89,25 @@ def write_report(paths, out: str = "report", e5: bool = False, e5_reps: int = 10
     return path
 
 
+def cross_protocol_sections(groups, summaries, out, plots) -> list[str]:
+    """The findings that span protocols, each where one of its protocols has runs: the
+    sign-concordant family (F1, F1-SF), sparse feedback (E4, F1, F2), KP beside PFA and the
+    decay laws (E1, F1), seeds of F1's close ordering (F1). Missing runs read "pending"."""
+    from .comparisons import kp_section, seeds_section
+    from .decay import decay_section
+    from .signfamily import sign_family_section
+    from .sparse import sparse_section
+
+    present = {k[0] for k in groups}
+    md = []
+    if present & {"F1", "F1-SF"}:
+        md += sign_family_section(groups, summaries)
+    if present & {"F1", "F2", "E4"}:
+        md += sparse_section(groups, summaries, out, plots)
+    if present & {"E1", "F1"}:
+        md += kp_section(groups, summaries)
+    if "F1" in present:
+        md += seeds_section(groups, summaries)
+    if present & {"E1", "F1"}:
+        md += decay_section(groups, out, plots)
+    return md

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .fmt import machine_label
 
 #: protocols in report order (others follow, alphabetically)
-PROTOCOL_ORDER = ("E1", "E2", "E3", "E4", "F1", "quickstart")
+PROTOCOL_ORDER = ("E1", "E2", "E3", "E4", "F1", "F1-SF", "F2", "quickstart")
 #: protocols whose published number is the final-epoch *validation* accuracy
 FINAL_VAL_PROTOCOLS = ("E2",)
 #: display names of the rules (paper spelling), in table order

@@ -1,0 +1,216 @@
+"""The report's cross-protocol findings (sign family, F2/E4 density, KP, seeds, decay laws) on
+small hand-written run directories whose numbers are chosen so that each verdict is known
+from the numbers alone (worked out in the comments), never from the report code.
+"""
+import json
+import math
+import os
+
+import pytest
+import yaml
+
+from minigrad_pfa.report import write_report
+from minigrad_pfa.report.decay import agreement, decay_series
+
+LAYERS = ("conv1", "l1", "fc")
+
+
+def cfg(name, protocol, rule, seed=0, **extra):
+    c = {"name": name, "protocol": protocol, "seed": seed, "epochs": 2,
+         "model": {"name": "resnet20"}, "data": {"name": "fashion-mnist", "batch_size": 64},
+         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+         "schedule": {"lr": None, "weight_decay": None}, "eval": {"select_on": "val"},
+         "rule": rule}
+    c.update(extra)
+    return c
+
+
+def write_run(root, c, acc, angle=30.0, metrics=None, complete=True, data="train x: 640 samples"):
+    path = os.path.join(root, c["protocol"], c["name"], f"seed{c['seed']}")
+    os.makedirs(path)
+    with open(os.path.join(path, "config.yaml"), "w") as fh:
+        yaml.safe_dump(c, fh)
+    if metrics is None:
+        metrics = [dict({"epoch": e, "train_acc": acc, "val_acc": acc},
+                        **{f"{n}/path_angle": angle for n in LAYERS},
+                        **{f"{n}/path_norm_ratio": 1.0 for n in LAYERS},
+                        **{f"{n}/feedback_unused": n == "conv1" for n in LAYERS})
+                   for e in range(2)]
+    with open(os.path.join(path, "metrics.jsonl"), "w") as fh:
+        fh.write("\n".join(json.dumps(m) for m in metrics) + "\n")
+    if complete:
+        with open(os.path.join(path, "results.json"), "w") as fh:
+            json.dump({"test_acc": acc, "wall_s": 60.0, "data": data, "selected_on": "val",
+                       "machine": {"node": "t", "processor": "x", "cpus": 1}}, fh)
+    return path
+
+
+def report(root, tmp_path):
+    md = write_report([str(root)], out=str(tmp_path / "out"), plots=False)
+    with open(md) as fh:
+        return fh.read()
+
+
+def row(text, first_cell):
+    return next(line for line in text.splitlines() if line.startswith(f"| {first_cell} |"))
+
+
+F1_BASE = {"BP": ("bp", 92.0), "FA": ("fa", 80.0), "DFA": ("dfa", 75.0), "uSF": ("usf", 90.0)}
+
+
+def f1_base(root, seeds=(0,)):
+    for label, (rule, a) in F1_BASE.items():
+        for s in seeds:
+            write_run(root, cfg(f"f1_{rule}", "F1", rule, seed=s), a + 0.2 * (s % 2) - 0.1 * s)
+
+
+def test_sign_family_verdicts_without_noise_estimate(tmp_path):
+    root = tmp_path / "runs"
+    f1_base(root)
+    # SN closes (91.5 - 90) / (92 - 90) = 75% of uSF's gap: > 50%, agrees
+    write_run(root, cfg("f1sf_usf_sn", "F1-SF", {"name": "usf", "norm": "sn"}), 91.5)
+    # Const 89.0 < uSF 90.0: deviates from "Const helps"
+    write_run(root, cfg("f1sf_usf_const", "F1-SF", {"name": "usf", "const": True}), 89.0)
+    # E/I 85.0 < uSF: agrees with "E/I hurts"
+    write_run(root, cfg("f1sf_usf_ei", "F1-SF", {"name": "usf", "fixed_sign": True}), 85.0)
+    # DenseFA 70 is 22 below BP, uSF only 2: not competitive, agrees
+    write_run(root, cfg("f1sf_densefa", "F1-SF", {"name": "dfa", "conv": "dense"}), 70.0)
+    text = report(root, tmp_path)
+    assert "closes 75% of uSF's 2.00-point gap" in row(text, "normalised SF (SN, Init) closes most of the gap to BP")
+    assert row(text, "normalised SF (SN, Init) closes most of the gap to BP").endswith("| agrees |")
+    assert row(text, "Const helps").endswith("| deviates |")
+    assert "(-1.00)" in row(text, "Const helps")
+    assert row(text, "E/I (fixed signs) hurts").endswith("| agrees |")
+    assert "agrees (not competitive" in row(text, "DenseFA is competitive only in limited settings")
+    assert "pending (run not finished)" in row(text, "frSF")
+    assert row(text, "uSF + SN").split("|")[4].strip() == "-0.50"      # Δ vs BP
+    # mean path angle over the used layers (conv1's feedback is unused): 30 degrees
+    assert row(text, "uSF + SN").split("|")[6].strip() == "30.0°"
+
+
+def test_sign_family_noise_makes_small_differences_inconclusive(tmp_path):
+    root = tmp_path / "runs"
+    # BP seeds 92.0, 92.1, 91.8 (f1_base: +0.2 on odd seeds, -0.1 per seed); the other F1
+    # rules the same way; pooled sample std over the 4 groups = std of (0, 0.1, -0.2)
+    f1_base(root, seeds=(0, 1, 2))
+    sigma = math.sqrt(((0 - (-1 / 30)) ** 2 + (0.1 + 1 / 30) ** 2 + (-0.2 + 1 / 30) ** 2) / 2)
+    usf_mean = 90.0 - 0.1 / 3
+    # Const 0.3 above uSF's mean: below 2 sqrt(2) sigma (= 0.43), within noise
+    write_run(root, cfg("f1sf_usf_const", "F1-SF", {"name": "usf", "const": True}),
+              usf_mean + 0.3)
+    text = report(root, tmp_path)
+    assert f"sigma = {sigma:.2f}" in text
+    assert "within noise" in row(text, "Const helps")
+
+
+def write_seeds(root, bp, pfa, pfa_o):
+    """F1 runs of BP, PFA and PFA-o with these test accuracies for seeds 0, 1, 2."""
+    for rule, name, vals in (("bp", "f1_bp", bp),
+                             ({"name": "pfa", "expand_ratio": 10}, "f1_pfa", pfa),
+                             ({"name": "pfa", "orthogonal": True}, "f1_pfa_o", pfa_o)):
+        for s, v in enumerate(vals):
+            write_run(root, cfg(name, "F1", rule, seed=s), v)
+
+
+def test_seeds_result_or_noise(tmp_path):
+    root = tmp_path / "runs"
+    # BP 92.0/92.2/91.8, PFA 91.0/91.1/90.9, PFA-o 90.0/90.2/89.8: gaps of 1.0 with
+    # standard errors about 0.13: a result
+    write_seeds(root, (92.0, 92.2, 91.8), (91.0, 91.1, 90.9), (90.0, 90.2, 89.8))
+    text = report(root, tmp_path)
+    assert "ordering BP > PFA > PFA-o is a result" in text
+    # with PFA-o's third seed unfinished, the question stays open
+    os.remove(os.path.join(root, "F1", "f1_pfa_o", "seed2", "results.json"))
+    text = report(root, tmp_path)
+    assert "pending (run not finished): PFA-o has 2 of 3 seeds" in text
+
+
+def test_seeds_noise(tmp_path):
+    root = tmp_path / "runs"
+    # means 92.0, 91.9, 91.8 with stds ~0.5: gaps of 0.1 against standard errors ~0.4
+    write_seeds(root, (92.5, 92.0, 91.5), (92.4, 91.9, 91.4), (92.3, 91.8, 91.3))
+    text = report(root, tmp_path)
+    assert "keep the seed-0 ordering BP > PFA > PFA-o, but it is noise" in text
+
+
+def _kp_metrics(acc, angle, mismatch, key):
+    return [dict({"epoch": e, "train_acc": acc},
+                 **{f"{n}/path_angle": angle for n in LAYERS},
+                 **{f"{n}/feedback_unused": n == "conv1" for n in LAYERS},
+                 **{f"{n}/{key}": mismatch for n in LAYERS}) for e in range(2)]
+
+
+def test_kp_beside_pfa_statement(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, cfg("e1_kp", "E1", "kp"), 98.20,
+              metrics=_kp_metrics(98.2, 1.5, 0.02, "kp_mismatch"))
+    write_run(root, cfg("e1_pfa", "E1", {"name": "pfa", "expand_ratio": 10}), 98.40,
+              metrics=_kp_metrics(98.4, 18.0, 0.2, "pfa_mismatch"))
+    text = report(root, tmp_path)
+    assert "PFA 98.40 vs KP 98.20 (+0.20 points" in text
+    assert "PFA beats KP here" in text
+    assert "relative mismatch 0.02, path angle 1.5°" in text
+    assert "stays 18.0° from W" in text
+    assert "Does PFA beat KP on F1? pending (run not finished)." in text   # no F1 runs
+
+
+def test_f2_density_one_borrowed_from_identical_f1_config(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, cfg("f1_fa", "F1", {"name": "fa"}), 81.0, angle=80.0)
+    write_run(root, cfg("f2_fa_d0.3", "F2", {"name": "fa", "feedback_density": 0.3}), 79.0,
+              angle=85.0)
+    text = report(root, tmp_path).split("## F2: sparse feedback")[1]
+    cells = [c.strip() for c in row(text, "FA").split("|")[1:-1]]
+    assert cells == ["FA", "81.00 / 80.0° (F1)", "79.00 / 85.0°", "pending (run not finished)"]
+    assert "F2: 2 of 9 points measured" in text
+
+
+def _law(lrs, wds, mu):
+    """Heavy-ball SGD law on a scalar mismatch, written out: v = mu v + lam d (v = lam d at
+    the first step), d = d - lr v."""
+    d, v, out = 1.0, None, []
+    for lr, lam in zip(lrs, wds):
+        g = lam * d
+        v = g if v is None else mu * v + g
+        d -= lr * v
+        out.append(d)
+    return out
+
+
+def test_decay_replayed_from_config_matches_the_law(tmp_path):
+    # 640 samples / batch 64 = 10 steps per epoch; wd 0.05 in epoch 0, then 0.001
+    spe, lr, mu = 10, 0.1, 0.9
+    wds = [0.05] * spe + [0.001] * spe + [0.001] * spe
+    d = _law([lr] * len(wds), wds, mu)
+    ends = [d[spe - 1], d[2 * spe - 1], d[3 * spe - 1]]
+    c = cfg("e1_pfa", "E1", {"name": "pfa", "expand_ratio": 10}, epochs=3,
+            schedule={"lr": None, "weight_decay": {"type": "piecewise",
+                                                   "values": [0.05, 0.001], "boundaries": [1]}})
+    c["optim"]["weight_decay"] = 0.05
+    norms = [3.0 * x for x in ends]          # ||D|| at the end of each epoch (||D_0|| = 3)
+    metrics = [{"epoch": e, "train_acc": 90.0, "fc/pfa_mismatch": 0.1,
+                "fc/mismatch_norm": norms[e]} for e in range(3)]
+    path = write_run(tmp_path / "runs", c, 90.0, metrics=metrics)
+    from minigrad_pfa.report import load_run
+    meas, pred, ref = decay_series(load_run(path))
+    assert "end of epoch 0" in ref
+    assert pred[1] == pytest.approx([1.0, ends[1] / ends[0], ends[2] / ends[0]], rel=1e-12)
+    assert agreement(meas, pred) < 1e-12
+    # a measurement 10% off the law at the last epoch reads log10(1.1)
+    metrics[2]["fc/mismatch_norm"] *= 1.1
+    path2 = write_run(tmp_path / "runs2", c, 90.0, metrics=metrics)
+    meas, pred, _ = decay_series(load_run(path2))
+    assert agreement(meas, pred) == pytest.approx(math.log10(1.1), rel=1e-9)
+
+
+def test_decay_logged_ratios_used_as_is(tmp_path):
+    metrics = [{"epoch": e, "train_acc": 90.0, "fc/kp_mismatch": 0.1, "fc/mismatch_norm": 1.0,
+                "fc/mismatch_decay": 0.5 ** (e + 1), "fc/mismatch_decay_predicted": 0.5 ** (e + 1)}
+               for e in range(2)]
+    path = write_run(tmp_path / "runs", cfg("f1_kp", "F1", "kp"), 90.0, metrics=metrics)
+    text = report(tmp_path / "runs", tmp_path).split("## Decay laws")[1].split("### F1")[1]
+    assert "| D_0 (initialisation) |" in row(text, "KP")
+    from minigrad_pfa.report import load_run
+    meas, pred, _ = decay_series(load_run(path))
+    assert meas["fc"][1] == [0.5, 0.25] and pred[1] == [0.5, 0.25]
+    assert agreement(meas, pred) == 0.0
