@@ -32,6 +32,13 @@ def _add_train_parser(sub):
                    help="exact run directory (default: OUT/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run directory (a fresh train into a "
+                        "used directory is refused without it)")
+    p.add_argument("--init-from", metavar="RUN_DIR_OR_CKPT", default=None,
+                   help="start a NEW run from another run's checkpoint (its latest.npz, or "
+                        "a .npz): parameters, feedback, optimizer state and epoch carry "
+                        "over; e.g. to continue a diverged run with --set optim.lr=...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of 'mpiexec -n N' (docs/scaling.md)")
@@ -47,21 +54,22 @@ def _cmd_train(args):
     from .experiment_data import build_data
     from .train import Trainer
 
+    from .rundir import check_fresh
+
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
     if args.resume:
-        cfg_path = os.path.join(args.resume, "config.yaml")
-        if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (not a run "
-                                    "directory made by 'minigrad-pfa train')")
-        cfg = load_config(cfg_path, overrides)
-        out_dir = args.resume
+        cfg, out_dir = _resume_config(args, overrides)
     else:
         if not args.config:
             raise ValueError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(args.config, overrides)
         out_dir = args.run_dir or os.path.join(args.out, cfg["name"])
+        check_fresh(out_dir, args.overwrite)       # before the data is loaded
+    if args.distributed and (args.overwrite or args.init_from):
+        raise ValueError("--distributed does not take --overwrite or --init-from yet; "
+                         "prepare the run directory without --distributed")
     if args.distributed:
         from .distributed.launch import train_distributed
         train_distributed(cfg, out_dir, resume=bool(args.resume), progress=not args.no_progress,
@@ -70,11 +78,39 @@ def _cmd_train(args):
         return 0
     data = build_data(cfg)
     trainer = Trainer(cfg, out_dir, data, progress=not args.no_progress,
-                      command=getattr(args, "command_line", None))
+                      command=getattr(args, "command_line", None), overwrite=args.overwrite,
+                      init_from=args.init_from)
     if args.resume:
         trainer.resume()
     trainer.fit()
     return 0
+
+
+def _resume_config(args, overrides):
+    """The run's own config for ``--resume RUN_DIR``; a CONFIG given too must be the same."""
+    from .config import load_config
+    from .rundir import config_diff
+
+    for flag, given in (("--init-from", args.init_from), ("--overwrite", args.overwrite)):
+        if given:
+            raise ValueError(f"--resume continues the run in {args.resume}; {flag} starts a "
+                             f"new one: give one of them")
+    if args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(args.resume):
+        raise ValueError(f"--resume {args.resume} and --run-dir {args.run_dir} name different "
+                         "directories; --resume alone names the run")
+    cfg_path = os.path.join(args.resume, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"--resume {args.resume}: no config.yaml there (not a run "
+                                "directory made by 'minigrad-pfa train')")
+    cfg = load_config(cfg_path, overrides)
+    if args.config:
+        diff = config_diff(cfg, load_config(args.config, overrides))
+        if diff:
+            raise ValueError(f"--resume {args.resume}: {args.config} differs from the run's "
+                             f"config.yaml in {', '.join(diff)}; resume without CONFIG (the "
+                             "run's own config is used), or start a new run from its "
+                             f"checkpoint with --init-from {args.resume}")
+    return cfg, args.resume
 
 
 def _add_rules_parser(sub):

@@ -39,7 +39,7 @@ def _cmd_grid(args):
     if args.dry_run:
         for run in runs:
             what = ("skip (complete)" if run.state == "complete" else
-                    f"NOT RUN: {run.message}" if run.state in ("changed", "running") else
+                    f"NOT RUN: {run.message}" if run.state in ("changed", "mixed", "running") else
                     shlex.join(train_command(run, args.device)))
             print(f"{run.label:32s} {run.state:9s} {what}")
         return 0

@@ -9,7 +9,11 @@ State of a run directory before the grid starts it (:func:`run_state`):
 
 * ``complete``: it has results.json -- skipped;
 * ``partial``: latest.npz but no results.json -- continued with ``train --resume``;
-* ``new``: nothing usable -- started from scratch;
+* ``new``: nothing usable -- started from scratch (with ``--overwrite`` when a run
+  killed in its first epoch left files but no checkpoint: nothing of it can be continued);
+* ``mixed``: its files carry more than one run id (:func:`minigrad_pfa.rundir.mixed_runs`,
+  e.g. a checkpoint copied in from another run) -- never resumed or overwritten: reported
+  as a failure, so the user looks at it;
 * ``changed``: its saved config.yaml differs from what the grid would run now (another
   ``--set``, an edited config); never overwritten or mixed: reported as a failure, so the
   user deletes the directory or picks another ``--out``. The ``device`` key is ignored
@@ -37,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import ConfigError, load_config
+from .rundir import RunDirError, config_diff, mixed_runs, run_files
 from .runlock import lock_owner
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -70,7 +75,7 @@ class GridRun:
 
     @property
     def failed(self) -> bool:
-        return self.status in ("failed", "changed", "interrupted")
+        return self.status in ("failed", "changed", "mixed", "interrupted")
 
 
 def cpu_count() -> int:
@@ -130,31 +135,30 @@ def _check_buildable(cfg: dict) -> None:
 
 def _same_config(a: dict, b: dict) -> list[str]:
     """Top-level keys (dotted one level down) where two resolved configs differ."""
-    diff = []
-    for k in sorted(set(a) | set(b)):
-        if k in IGNORED_KEYS or a.get(k) == b.get(k):
-            continue
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            diff += [f"{k}.{s}" for s in sorted(set(a[k]) | set(b[k]))
-                     if a[k].get(s) != b[k].get(s)]
-        else:
-            diff.append(k)
-    return diff
+    return config_diff(a, b, ignore=IGNORED_KEYS)
 
 
 def run_state(run: GridRun) -> str:
-    """``complete``, ``partial``, ``new``, ``changed`` or ``running`` (module docstring);
-    sets ``run.message`` for ``changed`` and ``running``."""
+    """``complete``, ``partial``, ``new``, ``changed``, ``mixed`` or ``running`` (module
+    docstring); sets ``run.message`` for ``changed``, ``mixed`` and ``running``."""
     d = run.run_dir
     owner = lock_owner(d)
     if owner is not None:
         run.message = (f"{d} is being trained by process {owner.get('pid')} on "
                        f"{owner.get('host')} since {owner.get('since')}; left alone")
         return "running"
+    try:
+        mixed = mixed_runs(d) if os.path.isdir(d) else None
+    except RunDirError as exc:
+        mixed = str(exc)
+    if mixed:
+        run.message = (f"{d} holds files of different runs ({mixed}); not resumed: delete "
+                       "it or use another --out")
+        return "mixed"
     has_results = os.path.exists(os.path.join(d, "results.json"))
     has_latest = os.path.exists(os.path.join(d, "latest.npz"))
     saved = os.path.join(d, "config.yaml")
-    if (has_results or has_latest) and os.path.exists(saved):
+    if os.path.exists(saved):
         try:
             diff = _same_config(load_config(saved), run.cfg)
         except ConfigError as exc:
@@ -223,6 +227,10 @@ def train_command(run: GridRun, device: str | None = None,
         return head + ["--resume", run.run_dir, "--no-progress"] + \
             (["--device", device] if device else [])
     cmd = head + [run.config, "--run-dir", run.run_dir, "--no-progress"]
+    if run_files(run.run_dir):
+        # "new" with files: started, killed before its first checkpoint (run_state checked
+        # its config and identity), so nothing of it can be continued
+        cmd.append("--overwrite")
     for s in run.overrides:
         cmd += ["--set", s]
     if device:
@@ -265,15 +273,15 @@ def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
             run.status = "skipped"
         elif run.state == "running":
             run.status = "busy"
-        elif run.state == "changed":
-            run.status = "changed"
+        elif run.state in ("changed", "mixed"):
+            run.status = run.state
         else:
             todo.append(run)
     total, active, counter = len(todo), {}, 0
     echo(f"grid: {len(runs)} runs, {len(runs) - total} need nothing, {total} to run, "
          f"{jobs} at a time, {env['OPENBLAS_NUM_THREADS']} BLAS thread(s) each")
     for run in runs:
-        if run.status in ("changed", "busy"):
+        if run.status in ("changed", "mixed", "busy"):
             echo(f"  {run.label}: NOT RUN: {run.message}")
     queue = list(todo)
     try:

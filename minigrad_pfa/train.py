@@ -9,15 +9,20 @@ One training step (every rule, every model)::
     optimizer.step()                                        (W, b, BN, and learned feedback)
     for each weight layer: rule.after_step(layer)           (masks, mirror phase, constraints)
 
-Run directory (``--out DIR/NAME``)::
+Run directory (``--out DIR/NAME``; one run per directory, :mod:`minigrad_pfa.rundir`)::
 
+    run.json           the run's identity: run id, start, --init-from source
     config.yaml        the resolved config
     metrics.jsonl      one JSON line per epoch (and per N steps when asked)
     latest.npz         checkpoint after the last finished epoch (atomic write)
     best.npz           checkpoint of the best validation accuracy (runs with a validation split)
     results.json       final test evaluation (best-validation checkpoint, or the final epoch
                        where the protocol has no validation split)
-    run.lock           present while a process trains here (one writer per directory)
+    run.lock           flock'ed while a process trains here (one writer per directory)
+
+Every checkpoint, metrics line and results.json carries the run id of run.json; a fresh
+start into a directory holding a run is refused unless ``overwrite`` (``--overwrite``), and
+a resume refuses files of another run.
 
 Killed at any moment, a run continues with ``--resume`` from the last finished epoch: the
 end of an epoch writes best.npz (if improved), then its metrics line, then latest.npz, so
@@ -37,7 +42,8 @@ import numpy as np
 import yaml
 
 from .backend import check_device, get_array_module, to_numpy
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import rundir
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, resolve_config
 from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .metrics import MechanismTracker, collect_metrics
@@ -47,7 +53,6 @@ from .optim import build_optimizer
 from .optim.schedules import build_schedule
 from .rules import attach_rules, parse_rule
 from .rules.guard import check_optimizer
-from .runlock import RunLock
 
 
 class DivergenceError(RuntimeError):
@@ -181,9 +186,17 @@ class Trainer:
         ``description`` string (:func:`minigrad_pfa.experiment_data.build_data`).
     progress : bool
         Show a tqdm progress bar per epoch.
+    overwrite : bool
+        A new run may replace a run already in ``out_dir`` (:func:`rundir.claim_fresh`).
+    init_from : str, optional
+        Start this new run from another run's checkpoint (a ``.npz``, or a run directory:
+        its ``latest.npz``): parameters, feedback state, optimizer state, the alignment
+        tracker and the epoch position carry over; the best validation accuracy, wall
+        time and run id do not (see docs/experiments.md).
     """
 
     def __init__(self, cfg, out_dir, data, progress=True, log=print, command=None,
+                 overwrite=False, init_from=None,
                  parallel=None):
         self.cfg = cfg
         # data-parallel group (minigrad_pfa.distributed.launch), None for one process
@@ -212,6 +225,11 @@ class Trainer:
         self.best_val = -math.inf
         self.best_epoch = None
         self.wall_before = 0.0
+        self.run_id = None          # a new id in fit(); the run's own in resume()
+        self.first_epoch = 0        # the first epoch this run trains (> 0: --init-from)
+        self.overwrite = overwrite
+        self._lock = None
+        self.init_from = None if init_from is None else self._load_init_from(init_from)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch_done: int):
@@ -221,7 +239,7 @@ class Trainer:
         meta = {"epoch_done": epoch_done, "best_val": self.best_val,
                 "best_epoch": self.best_epoch, "config": self.cfg,
                 "wall_s": self.wall_before, "version": 1, "argv": sys.argv,
-                "commands": self.commands}
+                "commands": self.commands, "run_id": self.run_id}
         return arrays, meta
 
     def save(self, path, epoch_done):
@@ -238,20 +256,50 @@ class Trainer:
         self.tracker.load_state_dict(tracker_state)
         return meta
 
-    def _lock_run(self):
-        """Hold RUN_DIR/run.lock from resume() or fit() to the end of fit(): one writer
-        per run directory (:mod:`minigrad_pfa.runlock`)."""
-        if getattr(self, "_lock", None) is None:
-            self._lock = RunLock(self.paths.root).__enter__()
+    def _load_init_from(self, path):
+        """``--init-from``: this new run starts from another run's checkpoint; returns what
+        run.json records about the source."""
+        ckpt = rundir.init_source(path)
+        digest = rundir.sha256_file(ckpt)
+        try:
+            meta = self.load(ckpt)
+        except CheckpointError as exc:
+            raise rundir.RunDirError(f"--init-from: {exc}; give another checkpoint of that "
+                                     "run (its latest.npz or best.npz)") from None
+        except (KeyError, ValueError) as exc:
+            raise rundir.RunDirError(
+                f"--init-from {ckpt}: its state does not fit this config's model, rule or "
+                f"optimizer ({exc}); change only the optimizer's values, the schedules or "
+                "the epochs") from None
+        self.start_epoch = self.first_epoch = meta["epoch_done"] + 1
+        if self.start_epoch >= self.cfg["epochs"]:
+            raise rundir.RunDirError(
+                f"--init-from {ckpt}: it holds epoch {self.start_epoch} and the config trains "
+                f"{self.cfg['epochs']} epochs, so nothing is left to train; raise epochs "
+                "(--set epochs=N)")
+        return {"run_id": meta.get("run_id"), "checkpoint": os.path.abspath(ckpt),
+                "sha256": digest, "epoch_done": meta["epoch_done"],
+                "config_changes": rundir.config_diff(_saved_config(meta), self.cfg)}
+
+    def _begin_run(self):
+        """A new run: lock the directory (refusing another run's files unless overwrite),
+        then write run.json and config.yaml."""
+        self._lock = rundir.claim_fresh(self.paths.root, self.overwrite, self.log)
+        self.run_id = rundir.new_run_id()
+        rundir.write_meta(self.paths.root, rundir.start_meta(
+            self.run_id, self.commands[0] if self.commands else None, self.first_epoch,
+            self.init_from))
+        with open(self.paths.config, "w") as fh:
+            yaml.safe_dump(self.cfg, fh, sort_keys=False)
 
     def _unlock_run(self):
-        if getattr(self, "_lock", None) is not None:
+        if self._lock is not None:
             self._lock.__exit__(None, None, None)
             self._lock = None
 
     def resume(self):
         """Continue after the last finished epoch recorded in ``latest.npz``."""
-        self._lock_run()
+        self._lock = rundir.claim_existing(self.paths.root, self.log)
         try:
             self._resume()
         except BaseException:
@@ -261,13 +309,24 @@ class Trainer:
     def _resume(self):
         if not os.path.exists(self.paths.latest):
             raise FileNotFoundError(f"cannot resume: no checkpoint {self.paths.latest} "
-                                    "(the run finished no epoch yet; start it again without --resume)")
-        meta = self.load(self.paths.latest)
-        saved = meta["config"]
-        try:  # keys added to the schema since the run started take their defaults
-            saved = resolve_config(saved)
-        except ConfigError:
-            pass
+                                    "(the run finished no epoch yet; start it again with "
+                                    "--overwrite)")
+        root = self.paths.root
+        mixed = rundir.mixed_runs(root)
+        if mixed:
+            raise rundir.RunDirError(
+                f"cannot resume {root}: its files belong to different runs ({mixed}); start "
+                "afresh with --overwrite, or continue one of its checkpoints in a new "
+                "directory with --init-from CHECKPOINT")
+        run_meta = rundir.read_meta(root)
+        try:
+            meta = self.load(self.paths.latest)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"cannot resume {root}: {exc}. Start the run afresh (--overwrite), or "
+                f"continue from its best.npz as a new run: minigrad-pfa train "
+                f"{self.paths.config} --run-dir NEW_DIR --init-from {self.paths.best}") from None
+        saved = _saved_config(meta)
         # the device may change (checkpoints are host arrays): a GPU run can finish on a
         # CPU; anything else would make the run a mixture of two configs
         diff = sorted(k for k in set(saved) | set(self.cfg)
@@ -283,20 +342,26 @@ class Trainer:
         self.best_epoch = meta["best_epoch"]
         self.wall_before = meta.get("wall_s", 0.0)
         self.commands = list(meta.get("commands", [])) + self.commands
+        self.run_id = meta.get("run_id")
+        self.first_epoch = (run_meta or {}).get("first_epoch", 0)
+        if self.run_id is None and run_meta is None:
+            self.log(f"note: {root} was made before run ids; its files' identity is not "
+                     "checked")
         self._truncate_metrics(self.start_epoch)
         self.log(f"resumed {self.paths.root} after epoch {meta['epoch_done']}")
 
     def _truncate_metrics(self, start_epoch):
-        """Drop log lines of epochs that the resumed run will train again."""
-        for path in (self.paths.metrics, self.paths.metrics_steps):
-            if not os.path.exists(path):
-                continue
-            with open(path) as fh:
-                keep = [ln for ln in fh if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
-            tmp = path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.writelines(keep)
-            os.replace(tmp, path)
+        """Drop log lines of epochs that the resumed run will train again; a torn last line
+        is dropped with a warning, a damaged needed line is an error
+        (:func:`rundir.metrics_lines_to_keep`)."""
+        fix = ("Restore the file from a copy, or continue from the checkpoint as a new run: "
+               f"minigrad-pfa train {self.paths.config} --run-dir NEW_DIR --init-from "
+               f"{self.paths.root}")
+        for path, every_epoch in ((self.paths.metrics, True), (self.paths.metrics_steps, False)):
+            if os.path.exists(path):
+                keep = rundir.metrics_lines_to_keep(path, start_epoch, self.first_epoch,
+                                                    every_epoch, self.log, fix)
+                rundir.rewrite_lines(path, keep)
 
     # ------------------------------------------------------------------ main loop
     def _append_metrics(self, record):
@@ -305,7 +370,12 @@ class Trainer:
 
     def fit(self):
         """Train the remaining epochs, then evaluate the test set once (:meth:`finish`)."""
-        self._lock_run()
+        if self._lock is None:              # a new run (resume() holds the lock already)
+            try:
+                self._begin_run()
+            except BaseException:
+                self._unlock_run()
+                raise
         try:
             return self._fit()
         finally:
@@ -313,16 +383,6 @@ class Trainer:
 
     def _fit(self):
         cfg = self.cfg
-        if self.start_epoch == 0:
-            with open(self.paths.config, "w") as fh:
-                yaml.safe_dump(cfg, fh, sort_keys=False)
-            # a fresh start in a used directory: drop the old run's outputs, so that no
-            # results.json or best.npz describes another run (grids skip directories
-            # holding a results.json)
-            for path in (self.paths.metrics, self.paths.metrics_steps, self.paths.results,
-                         self.paths.best):
-                if os.path.exists(path):
-                    os.remove(path)
         self.log(f"run {self.paths.root}: {self.data.description}")
         self.log("rules: " + ", ".join(f"{n}={r}" for n, r in self.rule_summary))
         for epoch in range(self.start_epoch, cfg["epochs"]):
@@ -383,7 +443,7 @@ class Trainer:
                                                   steps - 1)
         bar.close()
         train_time = time.perf_counter() - t0
-        record = {"epoch": epoch, "lr": self.optimizer.lr,
+        record = {"epoch": epoch, "run_id": self.run_id, "lr": self.optimizer.lr,
                   "weight_decay": self.optimizer.weight_decay,
                   "train_loss": loss_sum / seen, "train_acc": 100.0 * correct_sum / seen}
         if self.data.val is not None:
@@ -410,18 +470,23 @@ class Trainer:
                                   for loss, correct, _ in pending])).tolist()
         for (value, correct), (_, _, n) in zip(rows, pending):
             if not math.isfinite(value):
-                kept = (f"the last good checkpoint is kept: {self.paths.latest} (after epoch "
-                        f"{epoch})" if epoch > 0 and os.path.exists(self.paths.latest) else
-                        "no checkpoint was written (it diverged in its first epoch)")
-                raise DivergenceError(
-                    f"training diverged: the loss is {value} at epoch {epoch + 1} "
-                    f"(step {step + 1}); the run is stopped and {kept}. Lower optim.lr or "
-                    "check the rule's options.")
+                raise DivergenceError(f"training diverged: the loss is {value} at epoch "
+                                      f"{epoch + 1} (step {step + 1}); the run is stopped "
+                                      f"and {self._divergence_advice(epoch)}")
             loss_sum += value * n
             correct_sum += int(correct)  # a float64 holding an integer count, exact
             seen += n
         pending.clear()
         return loss_sum, correct_sum, seen
+
+    def _divergence_advice(self, epoch):
+        if epoch > self.first_epoch and os.path.exists(self.paths.latest):
+            return (f"the last good checkpoint is kept: {self.paths.latest} (after epoch "
+                    f"{epoch}). To continue from it with a lower optim.lr (or another "
+                    f"schedule) as a new run: minigrad-pfa train {self.paths.config} "
+                    f"--run-dir NEW_DIR --init-from {self.paths.root} --set optim.lr=LOWER")
+        return ("no checkpoint was written (it diverged in its first epoch). Lower optim.lr "
+                "or check the rule's options, and start again with --overwrite.")
 
     def _metrics(self):
         if not self.cfg["metrics"]["every_epoch"]:
@@ -430,7 +495,8 @@ class Trainer:
 
     def _step_metrics(self, epoch, step, steps):
         """Per-N-steps alignment metrics, appended to ``metrics_steps.jsonl``."""
-        record = {"epoch": epoch, "step": step, "global_step": epoch * steps + step + 1,
+        record = {"epoch": epoch, "run_id": self.run_id, "step": step,
+                  "global_step": epoch * steps + step + 1,
                   "lr": self.optimizer.lr, "weight_decay": self.optimizer.weight_decay}
         record.update(collect_metrics(self.model, probe=self.data.probe, tracker=self.tracker))
         with open(self.paths.metrics_steps, "a") as fh:
@@ -465,7 +531,8 @@ class Trainer:
                    "test_loss": test_loss, "test_acc": test_acc,
                    "epochs": self.cfg["epochs"], "wall_s": self.wall_before,
                    "device": self.device, "data": self.data.description,
-                   "machine": machine_description(), "commands": self.commands}
+                   "machine": machine_description(), "commands": self.commands,
+                   "run_id": self.run_id}
         tmp = self.paths.results + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(results, fh, indent=2)
@@ -473,6 +540,16 @@ class Trainer:
         self.log(f"test acc {test_acc:.2f}% (checkpoint of epoch {chosen + 1}, selected on "
                  f"{self.select_on}); results in {self.paths.results}")
         return results
+
+
+def _saved_config(meta: dict) -> dict:
+    """The config a checkpoint was trained with; keys added to the schema since then take
+    their defaults."""
+    saved = meta["config"]
+    try:
+        return resolve_config(saved)
+    except ConfigError:
+        return saved
 
 
 def machine_description() -> dict:

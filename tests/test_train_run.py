@@ -27,8 +27,8 @@ from minigrad_pfa.nn import models
 from minigrad_pfa.nn.resnet import CifarResNet
 from minigrad_pfa.train import DivergenceError, Trainer
 
-WALL = ("train_time_s", "wall_s")
-RESULT_WALL = ("wall_s", "commands")
+WALL = ("train_time_s", "wall_s", "run_id")
+RESULT_WALL = ("wall_s", "commands", "run_id")
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +65,8 @@ def resnet_cfg():
         "metrics": {"probe_size": 16}})
 
 
-def make_trainer(cfg, out):
-    return Trainer(cfg, str(out), build_data(cfg), progress=False, log=lambda *a: None)
+def make_trainer(cfg, out, **kw):
+    return Trainer(cfg, str(out), build_data(cfg), progress=False, log=lambda *a: None, **kw)
 
 
 def read_metrics(run):
@@ -99,8 +99,8 @@ def assert_same_run(a, b):
         assert list(xa) == list(xb)
         for k in xa:
             np.testing.assert_array_equal(xa[k], xb[k], err_msg=f"{name}:{k}")
-        assert strip(meta_a, ("wall_s", "argv", "commands")) == \
-            strip(meta_b, ("wall_s", "argv", "commands"))
+        assert strip(meta_a, ("wall_s", "argv", "commands", "run_id")) == \
+            strip(meta_b, ("wall_s", "argv", "commands", "run_id"))
 
 
 @pytest.fixture(scope="module")
@@ -208,21 +208,26 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         make_trainer(mlp_cfg(), tmp_path / "empty").resume()
 
 
-def test_fresh_start_removes_outputs_of_an_older_run(tmp_path, reference_mlp):
+def test_fresh_start_needs_overwrite_and_then_removes_everything_of_the_older_run(tmp_path):
+    from minigrad_pfa.rundir import RunDirError
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text('{"test_acc": -1}')
     (out / "metrics.jsonl").write_text('{"epoch": 0, "train_acc": -1}\n' * 5)
     (out / "best.npz").write_text("stale")
+    (out / "latest.npz").write_text("stale")
     cfg = mlp_cfg(epochs=1)
+    with pytest.raises(RunDirError, match="--overwrite"):
+        make_trainer(cfg, out).fit()
+    assert (out / "latest.npz").read_text() == "stale"
     with pytest.MonkeyPatch.context() as mp:
         Interrupt(mp, train_mod, "train_step", n=2)
         with pytest.raises(KeyboardInterrupt):
-            make_trainer(cfg, out).fit()
+            make_trainer(cfg, out, overwrite=True).fit()
     # interrupted before its first epoch ended: nothing of the old run may be left
-    assert not (out / "results.json").exists() and not (out / "best.npz").exists()
-    assert not (out / "metrics.jsonl").exists() or read_metrics(str(out)) == []
-    make_trainer(cfg, out).fit()
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "run.json", "run.lock"]
+    make_trainer(cfg, out, overwrite=True).fit()
     assert read_results(str(out))["test_acc"] >= 0 and len(read_metrics(str(out))) == 1
 
 
@@ -322,30 +327,28 @@ def dead_pid():
 
 def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_path):
     import platform
-    from minigrad_pfa.runlock import LOCK_NAME, RunLockedError
+    from minigrad_pfa.runlock import LOCK_NAME, RunLock, RunLockedError, lock_owner
 
     out = tmp_path / "run"
-    out.mkdir()
     lock = out / LOCK_NAME
-    # a live process of this host (this test itself) trains here
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(),
-                                "since": "earlier"}))
-    with pytest.raises(RunLockedError, match=f"process {os.getpid()}.*{LOCK_NAME}"):
-        make_trainer(mlp_cfg(epochs=1), out).fit()
+    # a live holder (this test, through its own descriptor) trains here
+    with RunLock(str(out)):
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()}.*{LOCK_NAME}"):
+            make_trainer(mlp_cfg(epochs=1), out).fit()
     assert not (out / "metrics.jsonl").exists()
-    # its process is gone: the stale lock is taken over, and released at the end
+    # a lock file left by a dead process is no lock at all
     lock.write_text(json.dumps({"pid": dead_pid(), "host": platform.node(), "since": "x"}))
     make_trainer(mlp_cfg(epochs=1), out).fit()
-    assert (out / "results.json").exists() and not lock.exists()
+    assert (out / "results.json").exists() and lock_owner(str(out)) is None
     # released after an interruption and after a refused resume too
     with pytest.MonkeyPatch.context() as mp:
         Interrupt(mp, train_mod, "train_step", n=2)
         with pytest.raises(KeyboardInterrupt):
-            make_trainer(mlp_cfg(epochs=1), out).fit()
-    assert not lock.exists()
+            make_trainer(mlp_cfg(epochs=1), out, overwrite=True).fit()
+    assert lock_owner(str(out)) is None
     with pytest.raises(FileNotFoundError):
         make_trainer(mlp_cfg(epochs=1), tmp_path / "other").resume()
-    assert not (tmp_path / "other" / LOCK_NAME).exists()
+    assert lock_owner(str(tmp_path / "other")) is None
 
 
 def test_resume_may_change_the_device_only(tmp_path, reference_mlp):
