@@ -67,9 +67,8 @@ def _kp_statement(protocol, groups, summaries) -> str:
            f"its B has not converged onto W (relative mismatch "
            f"{DASH if mis is None else f'{mis:.2g}'}).")
     if a_kp < a_pfa and v == "agrees":
-        why += (" PFA's higher accuracy therefore does not come from closer alignment "
-                "(KP's is closer); the difference must come from elsewhere (e.g. the "
-                "large first-epoch weight decay acting on different arrays).")
+        why += (" PFA's higher accuracy is therefore not explained by closer alignment "
+                "(KP's is closer).")
     elif a_kp < a_pfa:
         why += " Closer alignment and an accuracy at least equal to PFA's are consistent."
     return head + why

@@ -94,7 +94,7 @@ def sign_family_section(groups, summaries) -> list[str]:
              "of Moskovitz, Litwin-Kumar & Abbott (2018): SN and Init normalise the feedback "
              "to ||W_t|| / ||W_0||, Const keeps ||W|| = ||W_0||, E/I keeps every weight's "
              "initial sign (`fixed_sign`), Batch Manhattan (Liao et al. 2016) updates with "
-             "sign(gW) (lr 4e-4), DenseFA is DFA with a dense projection per conv layer; "
+             "sign(gW) (its lr: experiments/README.md), DenseFA is DFA with a dense projection per conv layer; "
              "all reconstructions (docs/rules.md). BP, FA, DFA (conv) and uSF are F1's runs.",
              ""]
     rows = []
