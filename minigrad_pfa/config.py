@@ -16,20 +16,26 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` / ``5E+3`` as floats.
+    """``yaml.SafeLoader`` that reads every YAML 1.2 float as a float.
 
-    PyYAML follows YAML 1.1, whose float pattern needs a dot (``1.0e-4``): ``lr: 1e-4``
-    or ``--set optim.weight_decay=1e-4`` would otherwise be the *string* "1e-4".
+    PyYAML follows YAML 1.1, whose float needs a dot and a *signed* exponent
+    (``1.0e+6``): ``lr: 1e-4``, ``1.0e6`` or ``--set optim.lr=2.E3`` would otherwise be
+    *strings*. The resolver below adds the YAML 1.2 core-schema float
+    ``[-+]? ( . [0-9]+ | [0-9]+ ( . [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`` (with a dot or an
+    exponent, so integers stay integers); resolvers are tried in the order they were added,
+    so whatever YAML 1.1 already reads keeps its meaning.
     """
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"))
 
 
 def yaml_load(text_or_stream):
-    """Parse YAML like ``yaml.safe_load``, reading ``1e-4`` as a float (YAML 1.2)."""
+    """Parse YAML like ``yaml.safe_load``, reading ``1e-4`` and ``1.0e6`` as floats
+    (YAML 1.2)."""
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
@@ -119,6 +125,17 @@ def int_list(v):
         else "must be a list of integers"
 
 
+def positive_int_list(v):
+    return int_list(v) or (None if all(i > 0 for i in v) else
+                           "must be a list of positive integers (layer widths)")
+
+
+def at_least(n):
+    def check(v):
+        return None if v is None or v >= n else f"must be >= {n}"
+    return check
+
+
 def float_list(v):
     return None if all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v) \
         else "must be a list of numbers"
@@ -134,11 +151,12 @@ SCHEMA: dict[str, Any] = {
     "epochs": Field(int, 1, positive),
     "model": {
         "name": Field(str, REQUIRED),
-        "hidden": Field((list, type(None)), None, int_list, doc="MLP hidden widths"),
-        "num_classes": Field(int, 10, positive),
-        "in_channels": Field((int, type(None)), None),
-        "in_features": Field((int, type(None)), None),
-        "image_size": Field((int, type(None)), None),
+        "hidden": Field((list, type(None)), None, positive_int_list,
+                        doc="MLP hidden widths"),
+        "num_classes": Field(int, 10, at_least(2)),
+        "in_channels": Field((int, type(None)), None, at_least(1)),
+        "in_features": Field((int, type(None)), None, at_least(1)),
+        "image_size": Field((int, type(None)), None, at_least(1)),
     },
     "data": {
         "name": Field(str, REQUIRED),

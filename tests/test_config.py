@@ -80,6 +80,14 @@ def test_int_is_accepted_where_a_float_is_expected():
     ({"optim": {"name": "rmsprop"}}, "'optim.name'", ["not one of", "adamw"]),
     ({"data": {"augment": "mixup"}}, "'data.augment'", ["not one of", "crop_flip"]),
     ({"eval": {"select_on": "test"}}, "'eval.select_on'", ["not one of"]),
+    # model shapes (issue 10: [0] trained a useless network, [-5] failed inside NumPy)
+    ({"model": {"hidden": [0]}}, "'model.hidden'", ["positive"]),
+    ({"model": {"hidden": [64, -5]}}, "'model.hidden'", ["positive"]),
+    ({"model": {"num_classes": 1}}, "'model.num_classes'", [">= 2"]),
+    ({"model": {"in_channels": 0}}, "'model.in_channels'", [">= 1"]),
+    ({"model": {"in_features": -3}}, "'model.in_features'", [">= 1"]),
+    ({"model": {"image_size": 0}}, "'model.image_size'", [">= 1"]),
+    ({"model": {"in_channels": 2.0}}, "'model.in_channels'", ["expected int"]),
 ])
 def test_invalid_values_raise_an_error_naming_the_key(update, key, words):
     with pytest.raises(ConfigError) as info:
@@ -106,6 +114,14 @@ def test_missing_required_key_is_named(cfg, key):
     ("optim.lr=0.1", ["optim", "lr"], 0.1),
     ("optim.weight_decay=1e-4", ["optim", "weight_decay"], 1e-4),   # YAML 1.1 would say str
     ("optim.lr=5E-3", ["optim", "lr"], 5e-3),
+    # YAML 1.2 floats that YAML 1.1 reads as strings (its exponent needs a sign)
+    ("optim.lr=1.0e6", ["optim", "lr"], 1.0e6),
+    ("optim.lr=1.5e-3", ["optim", "lr"], 1.5e-3),
+    ("optim.lr=+2.E3", ["optim", "lr"], 2e3),
+    ("optim.lr=.5e1", ["optim", "lr"], 5.0),
+    ("optim.lr=-3.0E2", ["optim", "lr"], -300.0),
+    ("name=1.0.0", ["name"], "1.0.0"),              # not a number in either version
+    ("name=1e", ["name"], "1e"),
     ("epochs=3", ["epochs"], 3),
     ("data.flatten=true", ["data", "flatten"], True),
     ("model.hidden=[8, 16]", ["model", "hidden"], [8, 16]),
