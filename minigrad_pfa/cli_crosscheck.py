@@ -69,12 +69,15 @@ def load_adapter(text: str):
     except ImportError as exc:
         raise ValueError(f"--adapter {text!r}: cannot import {module_name!r} ({exc})") from None
     obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"--adapter {text!r}: module {module_name!r} has no attribute "
-                             f"{attr!r}")
-        obj = getattr(obj, part)
-    return obj() if isinstance(obj, type) else obj
+    try:
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"--adapter {text!r}: module {module_name!r} has no "
+                                 f"attribute {attr!r}")
+            obj = getattr(obj, part)
+        return obj() if isinstance(obj, type) else obj
+    except ImportError as exc:  # an adapter whose optional dependency is missing
+        raise ValueError(f"--adapter {text!r}: {exc}") from None
 
 
 def _progress(args) -> bool:
