@@ -21,7 +21,6 @@ import re
 from collections import OrderedDict
 
 from .fmt import DASH, slug, table
-from .runs import rule_label
 
 #: (protocol, rule labels) whose mismatch is drawn, in report order
 DECAY_FAMILIES = (("E1", ("PFA", "PFA-o", "KP")), ("F1", ("PFA", "PFA-o", "KP")))
@@ -141,7 +140,7 @@ def decay_section(groups, out, plots) -> list[str]:
                          f"{min(last):.3g} – {max(last):.3g}" if last else DASH,
                          DASH if final_pred is None else f"{final_pred:.3g}",
                          DASH if worst is None else f"{worst:.2g}"])
-            panels.append((f"{protocol} {label} ({rule_label(run.cfg)}, seed {run.seed})",
+            panels.append((f"{protocol} {label}, seed {run.seed} (reference: {ref.split(' (')[0]})",
                            meas, pred or ([], [])))
         lines += [f"### {protocol}", ""]
         lines += table(["rule", "run", "reference", "measured at the last epoch (layer range)",
