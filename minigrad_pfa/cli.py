@@ -120,10 +120,13 @@ def _add_rules_parser(sub):
 
 def _cmd_rules(args):
     from .rules import RULES, rule_options
+    from .rules.options import option_notes
 
     for name, cls in RULES.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        opts = ", ".join(f"{k}={v!r}" for k, v in rule_options(name).items()) or "-"
+        notes = option_notes(cls)  # effective defaults where the signature says None
+        opts = ", ".join(f"{k}={notes[k] if k in notes else repr(v)}"
+                         for k, v in rule_options(name).items()) or "-"
         print(f"{name:6s} {doc}\n       options: {opts}")
     return 0
 
@@ -141,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_data_parser(sub)
     except ImportError:  # pragma: no cover - present in every release
         pass
-    for name in ("cli_report", "cli_bench", "cli_grid", "cli_export", "cli_crosscheck"):
+    for name in ("cli_report", "cli_bench", "cli_grid", "cli_export", "cli_crosscheck",
+                 "cli_doctor"):
         try:
             mod = __import__(f"{__package__}.{name}", fromlist=["add_parser"])
         except ImportError:

@@ -13,6 +13,12 @@ import numbers
 import numpy as np
 
 
+def option_notes(cls) -> dict:
+    """Per option, the effective default in words where the constructor's default is a
+    placeholder (``None``) resolved by the rule: the class attribute ``option_notes``."""
+    return dict(getattr(cls, "option_notes", {}) or {})
+
+
 def option_defaults(cls) -> dict:
     """The options a rule class accepts (its constructor's keyword arguments) and their defaults."""
     if cls.__init__ is object.__init__:
@@ -28,8 +34,13 @@ class DescribedByOptions:
 
     options: dict = {}
 
+    def effective_defaults(self) -> dict:
+        """The values ``describe()`` treats as defaults: the constructor's, unless a rule
+        resolves some (e.g. WM's per-variant defaults)."""
+        return option_defaults(type(self))
+
     def describe(self) -> str:
-        defaults = option_defaults(type(self))
+        defaults = self.effective_defaults()
         diff = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
                 for k, v in self.options.items() if defaults.get(k, object()) != v]
         return f"{self.name}({', '.join(diff)})" if diff else self.name

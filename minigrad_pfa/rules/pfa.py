@@ -120,6 +120,8 @@ class PFA(DescribedByOptions, Rule):
     #: r when ``expand_ratio`` is not given (and neither PFA-o nor identity): every
     #: published PFA run uses 10
     DEFAULT_RATIO = 10
+    #: effective default of ``expand_ratio`` (``minigrad-pfa rules``)
+    option_notes = {"expand_ratio": "10 (1 with orthogonal or identity)"}
 
     def __init__(self, expand_ratio: int | None = None, orthogonal: bool = False,
                  identity: bool = False, feedback_density: float = 1.0,
