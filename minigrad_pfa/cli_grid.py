@@ -25,6 +25,12 @@ def add_parser(sub):
                    help="BLAS threads per run (default: cpus // jobs, or the environment's)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the commands, run nothing")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: subprocesses here (--jobs at a time); ray: one Ray task per "
+                        "run, --threads CPUs each (default 1), on a local Ray instance or "
+                        "the cluster of --address (docs/scaling.md)")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="--backend ray: join this Ray cluster (default: start a local one)")
     p.set_defaults(func=_cmd_grid)
 
 
@@ -35,6 +41,8 @@ def _cmd_grid(args):
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.address and args.backend != "ray":
+        raise ValueError("--address is for --backend ray")
     runs = plan_grid(args.configs, args.seeds, args.overrides, args.out, args.device)
     if args.dry_run:
         for run in runs:
@@ -44,7 +52,11 @@ def _cmd_grid(args):
             print(f"{run.label:32s} {run.state:9s} {what}")
         return 0
     try:
-        run_grid(runs, jobs=args.jobs, device=args.device, threads=args.threads)
+        if args.backend == "ray":
+            from .distributed.ray_grid import run_grid_ray
+            run_grid_ray(runs, address=args.address, device=args.device, threads=args.threads)
+        else:
+            run_grid(runs, jobs=args.jobs, device=args.device, threads=args.threads)
     except KeyboardInterrupt:
         print(summary_table(runs))
         raise

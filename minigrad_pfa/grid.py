@@ -259,8 +259,13 @@ def _read_results(run: GridRun) -> dict | None:
 
 
 def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
-             threads: int | None = None, echo=print, poll_s: float = 0.2) -> list[GridRun]:
+             threads: int | None = None, echo=print, poll_s: float = 0.2,
+             launcher=None) -> list[GridRun]:
     """Execute the runs that need it (``jobs`` subprocesses at a time) and set their status.
+
+    ``launcher(run, cmd, env)``, when given, starts a run elsewhere and returns an object
+    with Popen's ``poll``, ``wait``, ``send_signal`` and ``returncode`` (the Ray backend,
+    :mod:`minigrad_pfa.distributed.ray_grid`); default: a local subprocess.
 
     Runs already ``complete`` are skipped; ``changed`` ones fail without running. A
     KeyboardInterrupt waits for the children (which checkpoint and exit on the same
@@ -289,7 +294,8 @@ def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
             while queue and len(active) < max(1, jobs):
                 run = queue.pop(0)
                 counter += 1
-                active[run.label] = (run, _start(run, device, env, counter, total, echo))
+                active[run.label] = (run, _start(run, device, env, counter, total, echo,
+                                                     launcher))
             _pause(poll_s)
             for label, (run, proc) in list(active.items()):
                 if proc.poll() is None:
@@ -330,7 +336,7 @@ def _stop(proc) -> None:
             continue
 
 
-def _start(run: GridRun, device, env, k: int, total: int, echo):
+def _start(run: GridRun, device, env, k: int, total: int, echo, launcher=None):
     os.makedirs(run.run_dir, exist_ok=True)
     cmd = train_command(run, device)
     with open(run.log, "a") as log:
@@ -338,6 +344,8 @@ def _start(run: GridRun, device, env, k: int, total: int, echo):
     what = "resume" if run.state == "partial" else "start"
     echo(f"[{k}/{total}] {what} {run.label}  (log: {run.log})")
     run.started = time.time()
+    if launcher is not None:
+        return launcher(run, cmd, env)
     log = open(run.log, "a")
     try:
         # stdin closed: a run never waits for input

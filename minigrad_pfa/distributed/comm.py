@@ -49,12 +49,16 @@ def default_timeout() -> float:
     return value
 
 
+class MissingDependency(ImportError, RuntimeError):
+    """An optional dependency is absent (a RuntimeError too: the CLI prints it in one line)."""
+
+
 def import_mpi():
-    """``mpi4py.MPI``, or an ImportError that names the fix."""
+    """``mpi4py.MPI``, or a :class:`MissingDependency` that names the fix."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise ImportError("distributed training needs mpi4py and an MPI library: "
+        raise MissingDependency("distributed training needs mpi4py and an MPI library: "
                           "pip install 'minigrad_pfa[mpi]' (mpi4py + the mpich wheel), or "
                           f"mpi4py built against the cluster's MPI ({exc})") from None
     return MPI
