@@ -9,12 +9,6 @@
 Documentation: ``docs/crosscheck.md``.
 """
 from .adapter import KINDS, AdapterError, Case, validate_adapter
+from .checker import Report, run
 
-__all__ = ["KINDS", "AdapterError", "Case", "validate_adapter", "run"]
-
-
-def run(adapter, cases=None, rules=None, json_path=None, progress=False, out=None):
-    """Run every case on ``adapter`` (see :func:`minigrad_pfa.crosscheck.checker.run`)."""
-    from .checker import run as _run
-    return _run(adapter, cases=cases, rules=rules, json_path=json_path, progress=progress,
-                out=out)
+__all__ = ["KINDS", "AdapterError", "Case", "Report", "validate_adapter", "run"]

@@ -182,8 +182,8 @@ class _RuleOp(torch.autograd.Function if torch is not None else object):
 class Layer:
     """A weight layer: leaf tensors ``W``, ``b`` and its rule."""
 
-    def __init__(self, spec, W, b, rule):
-        self.geo, self.W, self.b, self.rule = Geometry(spec), W, b, rule
+    def __init__(self, spec, W, b, rule, geometry=Geometry):
+        self.geo, self.W, self.b, self.rule = geometry(spec), W, b, rule
 
     def __call__(self, x):
         return _RuleOp.apply(x, self.W, self.b, self.rule.learned, self.geo, self.rule)
@@ -230,8 +230,8 @@ def _bn(params: dict, name: str, x, training: bool, eps=1e-5, momentum=0.1):
 class Net:
     """Weight layers and BatchNorms addressed by their state-dict prefixes."""
 
-    def __init__(self, case):
-        self.case, self.store, self.layers = case, {}, {}
+    def __init__(self, case, adapter):
+        self.case, self.store, self.layers, self.adapter = case, {}, {}, adapter
         self.params = {}
         for k, v in case.inputs.items():
             if k.rpartition(".")[2] in ("weight", "bias"):
@@ -242,9 +242,10 @@ class Net:
     def layer(self, name, spec):
         if name not in self.layers:
             fb = _feedback(self.case.inputs, name + ".")
-            rule = Rule(self.case.rule, self.case.options, fb, self.store)
+            rule = self.adapter.rule_class(self.case.rule, self.case.options, fb, self.store)
             self.layers[name] = Layer(spec, self.params[f"{name}.weight"],
-                                      self.params.get(f"{name}.bias"), rule)
+                                      self.params.get(f"{name}.bias"), rule,
+                                      self.adapter.geometry_class)
             if rule.learned is not None:
                 self.params[f"{name}.{'B' if rule.name == 'kp' else 'R'}"] = rule.learned
         return self.layers[name](self._x)
@@ -302,6 +303,9 @@ class TorchReference:
     name = "torch-reference"
     kinds = KINDS
     rules = "*"
+    #: the rule and geometry implementations (tests substitute deliberately wrong ones)
+    rule_class = Rule
+    geometry_class = Geometry
 
     def __init__(self):
         _require_torch()
@@ -311,8 +315,8 @@ class TorchReference:
         a = case.inputs
         W = T(a["weight"], requires_grad=True)
         b = T(a["bias"], requires_grad=True) if "bias" in a else None
-        rule = Rule(case.rule, case.options, _feedback(a), store)
-        return Layer(case.spec, W, b, rule)
+        rule = self.rule_class(case.rule, case.options, _feedback(a), store)
+        return Layer(case.spec, W, b, rule, self.geometry_class)
 
     @_one_thread
     def layer(self, case):
@@ -335,17 +339,23 @@ class TorchReference:
     def mirror(self, case):
         a = case.inputs
         b = T(a["bias"]) if "bias" in a else None
-        B = mirror_phase(Geometry(case.spec), T(a["weight"]), b, T(a["B"]), T(a["noise"]),
+        B = mirror_phase(self.geometry_class(case.spec), T(a["weight"]), b, T(a["B"]), T(a["noise"]),
                          case.options)
         return {"B": out(B)}
 
     # trajectory ----------------------------------------------------------------------
+    def feedback_weight_decay(self, wd: float) -> float:
+        """The learned feedback's weight decay: the same as W's (KP and PFA need it)."""
+        return wd
+
     @_one_thread
     def trajectory(self, case):
         a, store = case.inputs, {}
         layer = self._layer(case, store)
         rule, W, b = layer.rule, layer.W, layer.b
-        params = [p for p in (W, b, rule.learned) if p is not None]
+        params = [{"params": [p for p in (W, b) if p is not None]}]
+        if rule.learned is not None:  # its own group: the same lr and weight decay
+            params.append({"params": [rule.learned], "feedback": True})
         spec = case.spec["optimizer"]
         lr, wd = a["lr"], a["weight_decay"]
         if spec["name"] == "sgd":
@@ -359,7 +369,9 @@ class TorchReference:
         hist = {k: [] for k in ("weight", "bias", "grad_input", "fb")}
         for t in range(len(lr)):
             for g in opt.param_groups:
-                g["lr"], g["weight_decay"] = float(lr[t]), float(wd[t])
+                g["lr"] = float(lr[t])
+                g["weight_decay"] = (self.feedback_weight_decay(float(wd[t]))
+                                     if g.get("feedback") else float(wd[t]))
             if "M_t" in a:
                 rule.fb["M_t"] = T(a["M_t"][t])
             if "output_error" in a:
@@ -400,7 +412,7 @@ class TorchReference:
     @_one_thread
     def module(self, case):
         s, a = case.spec, case.inputs
-        net = Net(case)
+        net = Net(case, self)
         if "output_error" in a:
             net.store["e"] = T(a["output_error"])
         x = T(a["x"], requires_grad=True)
@@ -421,7 +433,7 @@ class TorchReference:
     @_one_thread
     def network(self, case):
         s, a = case.spec, case.inputs
-        net = Net(case)
+        net = Net(case, self)
         x = T(a["x"])
         if s["model"] == "mlp":
             h = x.flatten(1)
