@@ -131,8 +131,22 @@ def _cmd_rules(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block), exit status 2; nested
+    sub-command parsers are of this class too (argparse uses the parent's class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc) -> str:
+    """An error message on one line (the contract of every command's errors)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="minigrad-pfa",
         description="Explicit NumPy/CuPy engine for learning rules without weight transport.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -163,20 +177,26 @@ def main(argv=None) -> int:
     args.command_line = shlex.join(["minigrad-pfa"] + argv)  # recorded in results.json
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DeviceError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DeviceError, OSError, ValueError) as exc:
+        # user input (configs, paths, values): one line, exit 2; an OSError the code did
+        # not word itself still names its file
         if os.environ.get("MINIGRAD_PFA_DEBUG"):  # full traceback for developers
             raise
-        print(f"minigrad-pfa {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+            exc = f"{exc.filename}: {exc.strerror or exc}"
+        print(f"minigrad-pfa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         # divergence, corrupt checkpoints, data errors: one clear message, no traceback
         if os.environ.get("MINIGRAD_PFA_DEBUG"):
             raise
-        print(f"minigrad-pfa {args.command}: error: {exc}", file=sys.stderr)
+        print(f"minigrad-pfa {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume RUN_DIR (the last finished epoch is "
-              "checkpointed)", file=sys.stderr)
+        hint = {"train": "; continue with --resume RUN_DIR (the last finished epoch is "
+                         "checkpointed)",
+                "grid": "; run the same grid command again to continue"}.get(args.command, "")
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -16,6 +16,7 @@ Hooked into the main command by :func:`add_data_parser`; every sub-command sets
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_DATA_ERROR = 0, 1, 2
@@ -24,8 +25,17 @@ _EXAMPLES = "examples:\n" + "\n".join(
 
 
 def _err(exc) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    print(f"minigrad-pfa data: error: {text}", file=sys.stderr)   # one line, exit 2
     return EXIT_DATA_ERROR
+
+
+def _check_data_dir(args) -> None:
+    """``--data-dir`` names a folder that must exist (nothing is fetched into it)."""
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        what = "is not a directory" if os.path.exists(args.data_dir) else "does not exist"
+        raise ValueError(f"--data-dir {args.data_dir} {what}; give the folder holding the "
+                         "dataset's files, or leave --data-dir out to use the cache")
 
 
 def cmd_list(args) -> int:
@@ -43,6 +53,7 @@ def cmd_get(args) -> int:
     from .data import registry
     from .data.errors import DataError
     try:
+        _check_data_dir(args)
         lines = registry.get_dataset(args.name, args.data_dir, force=args.force,
                                      progress=not args.quiet, download=not args.no_download)
     except (DataError, ValueError) as exc:
@@ -57,6 +68,7 @@ def cmd_verify(args) -> int:
     from .data import registry
     from .data.errors import DataError
     try:
+        _check_data_dir(args)
         rows = registry.verify_dataset(args.name, args.data_dir, progress=not args.quiet)
     except (DataError, ValueError) as exc:
         return _err(exc)
@@ -77,6 +89,7 @@ def cmd_path(args) -> int:
     from .data import registry
     from .data.errors import DataError
     try:
+        _check_data_dir(args)
         print(registry.dataset_path(args.name, args.data_dir))
     except (DataError, ValueError) as exc:
         return _err(exc)

@@ -256,8 +256,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML "
+                          f"({_yaml_problem(exc)}); close brackets and quotes, or quote a "
+                          "string") from None
     return key.split("."), value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where it is."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def apply_overrides(cfg: dict, overrides) -> dict:
@@ -276,11 +287,21 @@ def apply_overrides(cfg: dict, overrides) -> dict:
 
 def load_config(path: str, overrides=None) -> dict:
     """Read a YAML config, apply ``--set`` overrides, validate and fill defaults."""
+    hint = "give a YAML config file, e.g. experiments/e1/pfa.yaml"
     try:
         with open(path, "r", encoding="utf-8") as fh:
             raw = yaml_load(fh) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (configs live in experiments/)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory; {hint}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text (a binary file?); {hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path} cannot be read ({exc.strerror or exc}); {hint}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} holds a YAML {type(raw).__name__}, not a mapping of "
+                          f"keys; {hint}")
     return resolve_config(apply_overrides(raw, overrides))

@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["ExportError", "resolve_checkpoint", "forward_arrays", "to_torch_state_dict",
            "export_checkpoint"]
@@ -74,7 +74,12 @@ def forward_arrays(path: str, include_feedback: bool = False
     meta : dict
         The checkpoint's meta (``config``, ``epoch_done``, ...).
     """
-    arrays, meta = load_checkpoint(resolve_checkpoint(path))
+    src = resolve_checkpoint(path)
+    try:
+        arrays, meta = load_checkpoint(src)
+    except CheckpointError as exc:
+        raise ExportError(f"{exc}; export a checkpoint written by 'minigrad-pfa train' "
+                          "(a run's best.npz or latest.npz, or the run directory)") from None
     out = OrderedDict((k[len("model/"):], v) for k, v in arrays.items()
                       if k.startswith("model/"))
     if not out:

@@ -37,7 +37,8 @@ def test_list(capsys, tmp_path):
 def test_get_without_sources_fails_clearly(capsys, tmp_path):
     assert main(["data", "get", "cifar10", "-q"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "cifar-10-binary.tar.gz" in err and "fix:" in err
+    assert err.startswith("minigrad-pfa data: error: ") and err.count("\n") == 1
+    assert "cifar-10-binary.tar.gz" in err and "fix:" in err
     assert main(["data", "get", "imagenet"]) == 2
     assert "never downloads ImageNet" in capsys.readouterr().err
     assert main(["data", "path", "nosuch"]) == 2
