@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .gpu_targets import gpu_section
+from .host_syncs import markdown_section as host_sync_section
 from .suite import MODELS, reference_batches
 from .targets import evaluate_targets, find
 
@@ -241,6 +243,8 @@ def render(data: dict, json_name: str = "") -> str:
     lines += _proposal_section(data)
     lines += _loader_section(data.get("loader"))
     lines += _profile_section(data.get("profiles"))
+    lines += host_sync_section(data.get("host_syncs"))
+    lines += gpu_section(data["records"])
     lines += ["## How the figures are made", "",
               "- **Step**: forward, softmax cross-entropy, backward (the rule's error "
               "signals and feedback gradients), SGD (momentum 0.9, weight decay 5e-4) and "

@@ -157,7 +157,7 @@ def _describe(rec: dict) -> str:
 def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = None,
               json_path=None, markdown_path=None, rounds: int = 1, profile: bool = False,
               proposals: bool = False, loader: bool = True, mode: str | None = None, timer: str = "wall",
-              timeout_s: float = 1800.0, log=print) -> dict:
+              timeout_s: float = 1800.0, log=print, host_syncs: bool = True) -> dict:
     """Run the benchmark and return its JSON-able result.
 
     Parameters
@@ -179,6 +179,9 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         Add the same steps under the prototype speed-ups of :mod:`.proto` (CPU).
     loader : bool
         Include the data-loader benchmark.
+    host_syncs : bool
+        Count host synchronisations per training step of every rule on the CuPy stand-in
+        (:mod:`.host_syncs`; in this process, seconds).
     mode : {"full", "quick", "tiny"}, optional
         Overrides ``quick``; ``tiny`` is the test suite's seconds-long smoke run.
     timer : {"wall", "cpu"}
@@ -284,10 +287,17 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
             log(f"loader: CIFAR augmentation "
                 f"{loader_res['cifar_augment']['images_per_s']:,.0f} images/s")
 
+    sync_rows = None
+    if host_syncs:
+        from .host_syncs import measure_all
+        log("host synchronisations per training step (CuPy stand-in):")
+        sync_rows = measure_all(mode, log=log)
+
     machine["load_average_end"] = _loadavg()
     machine["wall_s"] = time.perf_counter() - t_start
     data = {"machine": machine, "gemm_peak_gflops": peak, "gemm": gemm,
-            "records": records, "profiles": profiles, "loader": loader_res}
+            "records": records, "profiles": profiles, "loader": loader_res,
+            "host_syncs": sync_rows}
     data["targets"] = evaluate_targets(data)
     log("targets:")
     for line in format_targets(data["targets"]):
@@ -326,6 +336,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also measure the ResNet-20 BP and PFA steps under the prototype "
                         "engine speed-ups of minigrad_pfa.bench.proto (CPU)")
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader benchmark")
+    p.add_argument("--no-host-syncs", action="store_true",
+                   help="skip counting host syncs per step on the CuPy stand-in")
     p.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                    help="what the step times measure: wall-clock time (default), or the "
                         "worker's CPU time, which needs --threads 1 and is robust to other "
@@ -338,8 +350,10 @@ def run_from_args(args) -> int:
                      json_path=args.json, markdown_path=args.markdown, rounds=args.rounds,
                      profile=args.profile, proposals=args.proposals,
                      loader=not args.no_loader,
-                     mode="tiny" if args.tiny else None, timer=args.timer)
-    failed = [r for r in data["records"] + data["profiles"] if r.get("error")]
+                     mode="tiny" if args.tiny else None, timer=args.timer,
+                     host_syncs=not args.no_host_syncs)
+    failed = [r for r in data["records"] + data["profiles"] + (data["host_syncs"] or [])
+              if r.get("error")]
     return 1 if failed else 0
 
 

@@ -369,6 +369,15 @@ class Normalize(Transform):
         if len(self.mean) != len(self.std):
             raise ValueError("mean and std need the same number of channels")
 
+    def _constants(self, xp, dtype):
+        """mean and std as arrays of ``xp`` (made once per array module and dtype: on a GPU
+        a host->device copy per batch would wait for the device's queue every step)."""
+        cache = self.__dict__.setdefault("_arrays", {})
+        key = (xp.__name__, np.dtype(dtype).name)
+        if key not in cache:
+            cache[key] = (xp.asarray(self.mean, dtype=dtype), xp.asarray(self.std, dtype=dtype))
+        return cache[key]
+
     def __call__(self, x, rng=None):
         xp = get_array_module(x)
         if x.dtype not in (np.float32, np.float64):
@@ -380,8 +389,7 @@ class Normalize(Transform):
         shape = (1, len(self.mean), 1, 1) if x.ndim == 4 else (1, 1)
         if x.ndim != 4 and len(self.mean) != 1:
             raise ValueError("Normalize on (n, features) input takes one mean and one std")
-        m = xp.asarray(self.mean, dtype=x.dtype)
-        s = xp.asarray(self.std, dtype=x.dtype)
+        m, s = self._constants(xp, x.dtype)
         if x.ndim == 4 and _nhwc(x).flags.c_contiguous and len(self.mean) == c:
             # channels-last: rows of w*c values with the channel pattern repeated w times;
             # a tiled (w*c,) mean/std broadcasts with long inner loops (a (1, c, 1, 1)
