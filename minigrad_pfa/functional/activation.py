@@ -12,6 +12,8 @@ Outputs are elementwise ufunc results, which keep the memory layout of their inp
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..cpu import elementwise as _cpu
+from ..cpu.threads import is_sharded
 
 
 def relu_forward(x):
@@ -34,6 +36,8 @@ def relu_forward(x):
     3.0 ms with ``dy * (y > 0)``.
     """
     xp = get_array_module(x)
+    if x.ndim and is_sharded(xp, x.shape[0]):  # NumPy, several engine threads
+        return _cpu.relu_forward(x)
     return xp.maximum(x, 0.0), x > 0
 
 
@@ -51,4 +55,6 @@ def relu_backward(dy, cache):
     """
     if dy.shape != cache.shape:
         raise ValueError(f"relu: expected dy of shape {tuple(cache.shape)}, got {tuple(dy.shape)}")
+    if dy.ndim and is_sharded(get_array_module(dy), dy.shape[0]):
+        return _cpu.relu_backward(dy, cache)
     return dy * cache

@@ -37,6 +37,8 @@ two short float32 accumulations instead of one of length m (see there).
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..cpu import batchnorm as _cpu_bn
+from ..cpu.threads import is_sharded
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -102,6 +104,34 @@ def _check_vector(name, v, c, dtype):
                          f"got shape {tuple(v.shape)} and dtype {v.dtype}")
 
 
+def _train_forward(F, r, gamma, beta, eps, reduce, shape):
+    """Training statistics and output of the flat ``F``: (y, xc, mean, var, inv_std, m)."""
+    xp = get_array_module(F)
+    m = F.shape[0] * r
+    s = _channel_sum(F, r)
+    if reduce is not None:
+        s = reduce(xp.concatenate([s, xp.full((1,), m, dtype=s.dtype)]))
+        s, m = s[:-1], int(round(float(s[-1])))
+    check_count(m, shape)
+    mean = s / m
+    # two-pass variance (sum of squared deviations): no cancellation, unlike E[x^2]-mu^2
+    xc = F - _tile(mean, r)
+    sq = _channel_sum(xc, r, xc)
+    var = (sq if reduce is None else reduce(sq)) / m
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    # y = gamma * xhat + beta, with gamma * inv_std folded into one per-channel scale
+    y = xc * _tile(gamma * inv_std, r)
+    y += _tile(beta, r)
+    return y, xc, mean, var, inv_std, m
+
+
+def check_count(m: int, shape) -> None:
+    """Training needs more than one value per channel (the variance is undefined)."""
+    if m < 2:
+        raise ValueError(f"batchnorm: expected more than 1 value per channel when "
+                         f"training, got input of shape {tuple(shape)}")
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bool,
                       momentum: float = 0.1, eps: float = 1e-5, update_stats: bool = True,
                       reduce=None):
@@ -162,27 +192,17 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     m = F.shape[0] * r
     xp = get_array_module(x)
     if training:
-        s = _channel_sum(F, r)
-        if reduce is not None:
-            s = reduce(xp.concatenate([s, xp.full((1,), m, dtype=s.dtype)]))
-            s, m = s[:-1], int(round(float(s[-1])))
-        if m < 2:
-            raise ValueError(f"batchnorm: expected more than 1 value per channel when "
-                             f"training, got input of shape {tuple(x.shape)}")
-        mean = s / m
-        # two-pass variance (sum of squared deviations): no cancellation, unlike E[x^2]-mu^2
-        xc = F - _tile(mean, r)
-        sq = _channel_sum(xc, r, xc)
-        var = (sq if reduce is None else reduce(sq)) / m
-        inv_std = 1.0 / xp.sqrt(var + eps)
+        if is_sharded(xp, F.shape[0]):  # NumPy with several engine threads: batch shards
+            y, xc, mean, var, inv_std, m = _cpu_bn.train_forward(F, r, gamma, beta, eps,
+                                                                 reduce, x.shape)
+        else:
+            y, xc, mean, var, inv_std, m = _train_forward(F, r, gamma, beta, eps, reduce,
+                                                          x.shape)
         if update_stats:
             running_mean *= 1.0 - momentum
             running_mean += momentum * mean
             running_var *= 1.0 - momentum
             running_var += (momentum * m / (m - 1)) * var  # unbiased variance
-        # y = gamma * xhat + beta, with gamma * inv_std folded into one per-channel scale
-        y = xc * _tile(gamma * inv_std, r)
-        y += _tile(beta, r)
         # xc rather than xhat: saves a pass here; backward uses xhat = xc * inv_std
         cache = {"training": True, "xc": xc, "r": r, "inv_std": inv_std, "m": m,
                  "reduce": reduce, "gamma": gamma.copy(), "shape": tuple(x.shape)}
@@ -236,6 +256,10 @@ def batchnorm_backward(dy, cache):
                          f"forward input, got {dy.dtype}")
     D, r = _flat(dy)
     inv_std, gamma = cache["inv_std"], cache["gamma"]
+    if cache["training"] and is_sharded(get_array_module(D), D.shape[0]):
+        dx, dgamma, dbeta = _cpu_bn.train_backward(D, cache["xc"], r, inv_std, gamma,
+                                                   cache["m"], cache["reduce"])
+        return _unflat(dx, shape), dgamma, dbeta
     if cache["training"]:
         xc = cache["xc"]
     else:

@@ -47,6 +47,7 @@ is one whole-batch GEMM (the better shape for a GPU), with ``col`` cached.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..cpu.threads import is_sharded, map_shards, sum_shards
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -347,12 +348,18 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
     WmT = kernel_to_matrix(W).T
     if use_chunks(xp, chunked):
         oh, ow = conv_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding)
-        s = samples_per_chunk(n, oh, ow, kh * kw * ic, x.dtype.itemsize)
-        cols = _ChunkWindows(x.transpose(0, 2, 3, 1), kh, kw, stride, padding, s)
+        xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy for channels-last x
         y = xp.empty((n, oh, ow, oc), dtype=x.dtype)
-        for a in range(0, n, s):
-            m = min(s, n - a)
-            xp.matmul(cols(a, m), WmT, out=y[a:a + m].reshape(-1, oc))
+
+        def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
+            xs, ys = xl[sl], y[sl]
+            s = samples_per_chunk(xs.shape[0], oh, ow, kh * kw * ic, x.dtype.itemsize)
+            cols = _ChunkWindows(xs, kh, kw, stride, padding, s)
+            for a in range(0, xs.shape[0], s):
+                m = min(s, xs.shape[0] - a)
+                xp.matmul(cols(a, m), WmT, out=ys[a:a + m].reshape(-1, oc))
+
+        map_shards(rows, n, xp)
         y2d, col = y.reshape(-1, oc), None
     else:
         col, (oh, ow) = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
@@ -541,9 +548,14 @@ def conv2d_input_error(delta, M, x_shape, stride, padding, method: str = "auto",
                              f"<= kernel - 1, got stride {stride}, padding {padding}, "
                              f"kernel {(kh, kw)}")
         return _input_error_conv(delta, M, padding, chunked)
-    if method == "fold":
-        return _input_error_fold(delta, M, (n, ic, h, w), stride, padding)
-    return _input_error_col2im(delta, M, (n, ic, h, w), stride, padding)
+    fn = _input_error_fold if method == "fold" else _input_error_col2im
+    xp = get_array_module(delta)
+    if not is_sharded(xp, n):
+        return fn(delta, M, (n, ic, h, w), stride, padding)
+    # batch shards (cpu.threads): samples are independent, so each shard folds its own
+    parts = map_shards(lambda sl: fn(delta[sl], M, (sl.stop - sl.start, ic, h, w), stride,
+                                     padding).transpose(0, 2, 3, 1), n, xp)
+    return xp.concatenate(parts, axis=0).transpose(0, 3, 1, 2)
 
 
 def conv2d_weight_grad(delta, cache):
@@ -577,13 +589,20 @@ def conv2d_weight_grad(delta, cache):
     d2 = _delta2d(delta)
     if col is None and cache.get("chunked", False):
         xp = get_array_module(x)
-        s = samples_per_chunk(n, oh, ow, K, x.dtype.itemsize)
-        cols = _ChunkWindows(x.transpose(0, 2, 3, 1), kh, kw, stride, padding, s)
-        gKmat = xp.zeros((ocp, K), dtype=delta.dtype)
-        for a in range(0, n, s):
-            m = min(s, n - a)
-            rows = slice(a * oh * ow, (a + m) * oh * ow)
-            gKmat += d2[rows].T @ cols(a, m)
+        xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        d3 = d2.reshape(n, oh * ow, ocp)
+
+        def partial(sl):  # sum over the chunks of one batch shard (cpu.threads)
+            xs, ds = xl[sl], d3[sl].reshape(-1, ocp)
+            s = samples_per_chunk(xs.shape[0], oh, ow, K, x.dtype.itemsize)
+            cols = _ChunkWindows(xs, kh, kw, stride, padding, s)
+            g = xp.zeros((ocp, K), dtype=delta.dtype)
+            for a in range(0, xs.shape[0], s):
+                m = min(s, xs.shape[0] - a)
+                g += ds[a * oh * ow:(a + m) * oh * ow].T @ cols(a, m)
+            return g
+
+        gKmat = sum_shards(partial, n, xp)
     else:
         if col is None:
             col, _ = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
@@ -613,5 +632,10 @@ def channel_matmul(a, B):
     if a.ndim == 2:
         return a @ B
     n, c, h, w = a.shape
-    out = _delta2d(a) @ B
+    xp = get_array_module(a)
+    a3, k = channels_last(a).reshape(n, h * w, c), B.shape[1]
+    out = xp.empty((n, h * w, k), dtype=a.dtype)
+    # rows of samples are independent: batch shards write disjoint rows (cpu.threads)
+    map_shards(lambda sl: xp.matmul(a3[sl].reshape(-1, c), B, out=out[sl].reshape(-1, k)),
+               n, xp)
     return out.reshape(n, h, w, B.shape[1]).transpose(0, 3, 1, 2)

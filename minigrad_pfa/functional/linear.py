@@ -11,10 +11,19 @@ x (n, in), W (out, in), b (out,), y (n, out), delta = dL/dy (n, out).
 """
 from __future__ import annotations
 
+from ..backend import get_array_module
+from ..cpu import elementwise as _cpu
+from ..cpu.threads import is_sharded
+
+
+def _sharded(a) -> bool:
+    """NumPy with several engine threads: row shards (:mod:`minigrad_pfa.cpu`)."""
+    return a.ndim == 2 and is_sharded(get_array_module(a), a.shape[0])
+
 
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
-    y = x @ W.T
+    y = _cpu.matmul_rows(x, W.T) if _sharded(x) else x @ W.T
     if b is not None:
         y += b
     return y
@@ -22,12 +31,12 @@ def linear_forward(x, W, b=None):
 
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
-    return delta @ M
+    return _cpu.matmul_rows(delta, M) if _sharded(delta) else delta @ M
 
 
 def linear_weight_grad(delta, x):
     """``gW = delta.T @ x``; delta (n, out'), x (n, in) -> (out', in)."""
-    return delta.T @ x
+    return _cpu.matmul_tn(delta, x) if _sharded(delta) else delta.T @ x
 
 
 def linear_bias_grad(delta):

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..backend import device_of, to_device
+from ..backend import device_of, get_array_module, to_device
+from ..cpu.threads import for_each_balanced
 from ..nn.module import Parameter
 
 
@@ -88,6 +89,7 @@ class Optimizer:
         # Python floats: schedules may have stored NumPy scalars, which would promote
         # float32 arrays to float64 (NEP 50)
         lr, wd = float(self.lr), float(self.weight_decay)
+        todo = []
         for name, p in self.named_params.items():
             g = p.grad
             if g is None or not p.requires_grad:
@@ -97,7 +99,12 @@ class Optimizer:
                     f"parameter {name!r}: gradient has shape {tuple(g.shape)} and dtype "
                     f"{g.dtype}, expected the parameter's {tuple(p.data.shape)} and "
                     f"{p.data.dtype}")
-            self._update(name, p.data, g, lr, wd)
+            todo.append((name, p.data, g))
+        # parameters are independent: with several engine threads (NumPy) the updates run
+        # in groups of about equal size on the pool (minigrad_pfa.cpu.threads)
+        for_each_balanced(todo, lambda t: t[1].size,
+                          lambda t: self._update(t[0], t[1], t[2], lr, wd),
+                          get_array_module(todo[0][1]) if todo else None)
         self.step_count += 1
 
     def _update(self, name: str, w, g, lr: float, wd: float) -> None:

@@ -1,0 +1,110 @@
+"""Training-mode batch norm over batch shards (NumPy, :mod:`.threads`).
+
+Notation as in :mod:`minigrad_pfa.functional.batchnorm`: F (g, r*c) the flat input (rows of
+r positions x c channels), m = g*r values per channel, xc = F - mu, inv_std, k = gamma *
+inv_std; shard k holds rows [a_k, a_{k+1}) of every flat array.
+
+    statistics   s   = sum_k colsum(F[k])        sq = sum_k colsum(xc[k] * xc[k])
+                 mu  = s / m,  var = sq / m      (optional ``reduce`` adds them over ranks)
+    forward      xc[k] = F[k] - mu               y[k] = xc[k] * (gamma * inv_std) + beta
+    backward     dbeta = sum_k colsum(D[k])      dgamma = inv_std * sum_k colsum(D[k] * xc[k])
+                 dx[k] = k * (D[k] - (xc[k] * (inv_std * dgamma / m) + dbeta / m))
+
+The same equations as the serial reference, which stays the one definition for CuPy
+and for one thread; only the order of the additions in the column sums differs (partial
+sums per shard, added in shard order). ``colsum`` is the reference's two-stage sum (rows
+first, then the r positions), applied per shard.
+
+Passes over memory per shard: forward 3 reads + 2 writes (sum; xc and its squares in one
+task; the affine map), backward 2 reads (both sums in one task) + 1 write.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..functional import batchnorm as _ref  # the serial reference (check_count)
+from .threads import map_shards
+
+
+def _colsum(F, r, G=None):
+    """Per-row-position column sums of one shard (length r*c, not yet folded over r)."""
+    return F.sum(axis=0) if G is None else np.einsum("gl,gl->l", F, G)
+
+
+def _fold(v, r):
+    """(r*c,) position sums -> (c,) channel sums."""
+    return v.reshape(r, -1).sum(axis=0)
+
+
+def _add(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
+    """Sharded training forward on a flat (g, r*c) array.
+
+    Returns
+    -------
+    y, xc : (g, r*c) arrays
+    mean, var, inv_std : (c,) batch statistics (of the global batch with ``reduce``)
+    m : int, values per channel the statistics were taken over
+    """
+    g = F.shape[0]
+    m = g * r
+    s = _fold(_add(map_shards(lambda sl: _colsum(F[sl], r), g)), r)
+    if reduce is not None:
+        s = reduce(np.concatenate([s, np.full((1,), m, dtype=s.dtype)]))
+        s, m = s[:-1], int(round(float(s[-1])))
+    _ref.check_count(m, F.shape if shape is None else shape)
+    mean = s / m
+    mean_t = np.tile(mean, r)
+    xc = np.empty_like(F)
+
+    def center(sl):  # xc = F - mu and its squared sums, one task per shard
+        np.subtract(F[sl], mean_t, out=xc[sl])
+        return _colsum(xc[sl], r, xc[sl])
+
+    sq = _fold(_add(map_shards(center, g)), r)
+    var = (sq if reduce is None else reduce(sq)) / m
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale_t, beta_t = np.tile(gamma * inv_std, r), np.tile(beta, r)
+    y = np.empty_like(F)
+
+    def affine(sl):
+        np.multiply(xc[sl], scale_t, out=y[sl])
+        y[sl] += beta_t
+
+    map_shards(affine, g)
+    return y, xc, mean, var, inv_std, m
+
+
+def train_backward(D, xc, r, inv_std, gamma, m, reduce=None):
+    """Sharded training backward; returns ``dx`` (g, r*c), ``dgamma``, ``dbeta`` (c,).
+
+    ``dgamma``, ``dbeta`` are this process's sums; with ``reduce`` the ``dx`` uses their
+    sums over the ranks (as the reference does).
+    """
+    g = D.shape[0]
+    parts = map_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g)
+    dbeta = _fold(_add([p[0] for p in parts]), r)
+    dgamma = _fold(_add([p[1] for p in parts]), r) * inv_std
+    sb, sg = dbeta, dgamma
+    if reduce is not None:
+        both = reduce(np.concatenate([dbeta, dgamma]))
+        sb, sg = both[:dbeta.shape[0]], both[dbeta.shape[0]:]
+    a_t, b_t = np.tile(inv_std * sg / m, r), np.tile(sb / m, r)
+    k_t = np.tile(gamma * inv_std, r)
+    dx = np.empty_like(D)
+
+    def rows(sl):  # dx = k * (D - (xc * a + b)), in one buffer
+        out = dx[sl]
+        np.multiply(xc[sl], a_t, out=out)
+        out += b_t
+        np.subtract(D[sl], out, out=out)
+        out *= k_t
+
+    map_shards(rows, g)
+    return dx, dgamma, dbeta

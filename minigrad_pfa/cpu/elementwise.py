@@ -1,0 +1,50 @@
+"""Elementwise operations and row-wise GEMMs over batch shards (NumPy, :mod:`.threads`).
+
+Notation: x, y, dy, dx arrays whose first axis is the batch (n, ...), any memory layout;
+shard k = x[a_k:a_{k+1}]. Outputs are allocated like the input (``empty_like`` keeps a
+channels-last layout) and each shard writes its own rows::
+
+    ReLU      y[k]  = max(x[k], 0),   mask[k] = x[k] > 0,   dx[k] = dy[k] * mask[k]
+    Linear    y[k]  = x[k] @ W.T,     din[k] = delta[k] @ M,  gW = sum_k delta[k].T @ x[k]
+
+Each equals its serial reference (:mod:`minigrad_pfa.functional.activation`,
+:mod:`minigrad_pfa.functional.linear`) row for row; gW differs only in the order of the
+partial sums.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .threads import map_shards, sum_shards
+
+
+def relu_forward(x):
+    """``(max(x, 0), x > 0)`` by shards; outputs in the layout of ``x``."""
+    y = np.empty_like(x)
+    mask = np.empty_like(x, dtype=bool)
+
+    def rows(sl):
+        np.maximum(x[sl], 0.0, out=y[sl])
+        np.greater(x[sl], 0.0, out=mask[sl])
+
+    map_shards(rows, x.shape[0])
+    return y, mask
+
+
+def relu_backward(dy, mask):
+    """``dy * mask`` by shards."""
+    dx = np.empty_like(dy)
+    map_shards(lambda sl: np.multiply(dy[sl], mask[sl], out=dx[sl]), dy.shape[0])
+    return dx
+
+
+def matmul_rows(a, B):
+    """``a @ B`` for a 2-D ``a`` (n, k), shards of rows; (n, m) C-contiguous."""
+    out = np.empty((a.shape[0], B.shape[1]), dtype=np.result_type(a, B))
+    map_shards(lambda sl: np.matmul(a[sl], B, out=out[sl]), a.shape[0])
+    return out
+
+
+def matmul_tn(a, b):
+    """``a.T @ b`` for 2-D ``a`` (n, p), ``b`` (n, q): partial sums over row shards."""
+    return sum_shards(lambda sl: a[sl].T @ b[sl], a.shape[0])

@@ -1,0 +1,201 @@
+"""The engine's CPU threads: one setting, a shared worker pool and batch shards.
+
+Notation
+--------
+T : the engine's threads (``set_threads``), n : rows of an array's first (batch) axis,
+S = min(T, n // min_rows) : shards of one operation, shard k : rows [a_k, a_{k+1}).
+
+Model of the parallel step. NumPy releases the GIL inside array operations (ufunc loops,
+copies, reductions, BLAS calls), so T Python threads that each apply NumPy operations to
+their own shard of the batch run on T cores. Every operation of the CPU step that is
+worth it splits its batch axis into S contiguous shards, runs ``fn(shard)`` for each on
+the pool (the calling thread takes shard 0) and either writes disjoint rows of one output
+or returns per-shard partial sums that the caller adds in shard order::
+
+    rows   y[a_k:a_{k+1}] = f(x[a_k:a_{k+1}])                  (forward, input errors, ReLU)
+    sums   g = sum_k g_k,  g_k = sum over rows in shard k      (weight gradients, BN stats)
+
+With T > 1 BLAS is set to one thread (threadpoolctl): the shards are the parallelism, and
+T single-threaded GEMMs on disjoint rows do not wait on each other the way one multi-
+threaded OpenBLAS call does for its spinning helpers (measured on this 2-core shared box:
+a ResNet-20 BP step with 2 OpenBLAS threads took 1.7-22 s under load, 1.0 s with one).
+
+Same computation: a shard computes the rows of the serial result; only the order in
+which partial sums are added differs (float rounding, <= 1e-12 relative in float64,
+checked by tests/test_cpu_parallel.py for every rule).
+
+Nested use: an operation running inside a shard never shards again (a thread-local flag),
+so the pool cannot deadlock on itself.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+#: default smallest shard, in rows of the batch axis: a shard of fewer samples costs more
+#: in dispatch (~20-50 us per task) than it saves. Tests pass min_rows=1.
+MIN_ROWS = 2
+
+_state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "blas_limiter": None}
+_local = threading.local()
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (``len(os.sched_getaffinity(0))``, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads, what: str = "threads") -> int:
+    """A thread count as a positive int, or a ValueError naming the setting."""
+    try:
+        t = int(threads)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive integer, got {threads!r}") from None
+    if t < 1 or t != threads:
+        raise ValueError(f"{what} must be a positive integer, got {threads!r}")
+    return t
+
+
+def _limit_blas(threads: int):
+    """Set every loaded BLAS to ``threads`` threads (threadpoolctl); the limiter object."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:  # a core dependency (setup.cfg); be explicit if it is gone
+        raise ImportError("threadpoolctl is required to set the engine's threads: "
+                          "pip install threadpoolctl") from exc
+    import numpy  # noqa: F401  (load NumPy's BLAS before limiting it)
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def set_threads(threads: int, min_rows: int | None = None) -> int:
+    """Use ``threads`` CPU threads for the engine's steps; returns the previous count.
+
+    ``threads == 1``: every operation runs serially, BLAS on one thread. ``threads > 1``:
+    a pool of that many workers (the caller included) shards each operation's batch and
+    BLAS runs single-threaded inside each shard. ``min_rows`` sets the smallest shard
+    (default :data:`MIN_ROWS`; 1 makes even 2-sample batches shard, for tests).
+    """
+    t = check_threads(threads)
+    prev = _state["threads"]
+    if min_rows is not None:
+        _state["min_rows"] = check_threads(min_rows, "min_rows")
+    if t != prev or _state["blas_limiter"] is None:
+        pool = _state["pool"]
+        _state["pool"] = ThreadPoolExecutor(max_workers=t - 1,
+                                            thread_name_prefix="minigrad-cpu") if t > 1 else None
+        _state["threads"] = t
+        if pool is not None:
+            pool.shutdown(wait=True)
+        _state["blas_limiter"] = _limit_blas(1)
+    return prev
+
+
+def get_threads() -> int:
+    """The engine's current thread count (1 until :func:`set_threads` is called)."""
+    return _state["threads"]
+
+
+@contextmanager
+def using_threads(n: int, min_rows: int | None = None):
+    """``with using_threads(n):`` run the block with ``n`` engine threads, then restore."""
+    prev_rows = _state["min_rows"]
+    prev = set_threads(n, min_rows)
+    try:
+        yield
+    finally:
+        set_threads(prev, prev_rows)
+
+
+def num_shards(n: int) -> int:
+    """S = min(T, n // min_rows), or 1 inside a shard, with one thread, or for tiny n."""
+    if _state["threads"] == 1 or getattr(_local, "inside", False):
+        return 1
+    return max(1, min(_state["threads"], n // _state["min_rows"]))
+
+
+def shard_bounds(n: int, shards: int) -> list[slice]:
+    """``shards`` contiguous slices covering range(n), sizes differing by at most one."""
+    q, rem = divmod(n, shards)
+    out, a = [], 0
+    for k in range(shards):
+        b = a + q + (k < rem)
+        out.append(slice(a, b))
+        a = b
+    return out
+
+
+def _inside(fn, sl):
+    _local.inside = True
+    try:
+        return fn(sl)
+    finally:
+        _local.inside = False
+
+
+def map_shards(fn, n: int, xp=None) -> list:
+    """``[fn(slice_k) for each shard k]`` with the shards run concurrently.
+
+    ``fn`` gets a slice of the batch axis; results come back in shard order. Shard 0 runs
+    on the calling thread. With one shard (one thread, a small ``n``, inside a shard, or
+    ``xp`` given and not NumPy) this is just ``[fn(slice(0, n))]``.
+    """
+    s = num_shards(n) if xp is None or xp.__name__ == "numpy" else 1
+    return _run(fn, shard_bounds(n, s))
+
+
+def _run(fn, bounds: list) -> list:
+    """``[fn(b) for b in bounds]``, bounds[1:] on the pool, bounds[0] here."""
+    if len(bounds) <= 1:
+        return [fn(bounds[0])] if bounds else []
+    futures = [_state["pool"].submit(_inside, fn, sl) for sl in bounds[1:]]
+    first = _inside(fn, bounds[0])
+    return [first] + [f.result() for f in futures]
+
+
+def sum_shards(fn, n: int, xp=None):
+    """``sum_k fn(slice_k)`` added in shard order (the partial-sum reduction); ``fn`` may
+    return an array or a tuple of arrays (added element by element)."""
+    parts = map_shards(fn, n, xp)
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p if not isinstance(total, tuple) else \
+            tuple(a + b for a, b in zip(total, p))
+    return total
+
+
+def is_sharded(xp, n: int) -> bool:
+    """True when an operation on NumPy arrays with batch ``n`` would split into shards."""
+    return xp.__name__ == "numpy" and num_shards(n) > 1
+
+
+def for_each_balanced(items: list, size, fn, xp=None) -> None:
+    """``fn(item)`` for every item, in T contiguous groups of about equal total ``size``.
+
+    For independent per-item work (the optimizer's per-parameter updates): the groups run
+    concurrently when T > 1 (and ``xp``, if given, is NumPy), else in order here.
+    """
+    numpy_ok = xp is None or xp.__name__ == "numpy"
+    s = num_shards(len(items) * _state["min_rows"]) if items and numpy_ok else 1
+    if s <= 1:
+        for it in items:
+            fn(it)
+        return
+    total = float(sum(size(it) for it in items)) or 1.0
+    cuts, acc, k = [0], 0.0, 1
+    for i, it in enumerate(items):  # cut where the running size passes k/s of the total
+        acc += size(it)
+        if k < s and acc >= total * k / s:
+            cuts.append(i + 1)
+            k += 1
+    cuts.append(len(items))
+    groups = [items[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+    def run(grp):
+        for it in grp:
+            fn(it)
+
+    _run(run, groups)
