@@ -119,14 +119,16 @@ def _add_rules_parser(sub):
 
 
 def _cmd_rules(args):
-    from .rules import RULES, rule_options
+    from .rules import RULES
     from .rules.options import option_notes
+    from .rules.registry import effective_options
 
     for name, cls in RULES.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        notes = option_notes(cls)  # effective defaults where the signature says None
+        # the value an omitted option takes; a rule's notes add where it depends on others
+        notes = option_notes(cls)
         opts = ", ".join(f"{k}={notes[k] if k in notes else repr(v)}"
-                         for k, v in rule_options(name).items()) or "-"
+                         for k, v in effective_options(name).items()) or "-"
         print(f"{name:6s} {doc}\n       options: {opts}")
     return 0
 

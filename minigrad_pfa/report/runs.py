@@ -125,26 +125,21 @@ def rule_spec(cfg: dict) -> dict:
 
 
 def rule_label(cfg: dict, drop=()) -> str:
-    """Display name of a run's rule with its non-default options, e.g. ``PFA-o``,
-    ``PFA(expand_ratio=5)``, ``FA(feedback_density=0.1)``; ``drop`` hides options."""
-    from ..rules.pfa import PFA
-    from ..rules.registry import rule_options
+    """Display name of a run's rule with the options that change it, e.g. ``PFA-o``,
+    ``PFA(expand_ratio=5)``, ``FA(feedback_density=0.1)``; ``drop`` hides options.
 
+    An option is shown when leaving it out would change what the rule runs with
+    (:func:`~minigrad_pfa.rules.registry.effective_options`): PFA's ``expand_ratio: 10``,
+    PFA-o's ``expand_ratio: 1`` or WM-akrout's ``mirror_lr: 0.01`` are what omitting them
+    means, so they are not shown."""
     spec = rule_spec(cfg)
     name = spec.pop("name")
     layers, shallow = spec.pop("layers", None) or cfg.get("rule_map"), \
         spec.pop("shallow", False) or cfg.get("shallow")
-    try:
-        defaults = rule_options(name)
-    except ValueError:          # a rule this version does not know: show every option
-        defaults = {}
-    opts = {k: v for k, v in spec.items()
-            if k not in drop and (k not in defaults or defaults[k] != v)}
+    opts = {k: v for k, v in spec.items() if k not in drop and _changes_rule(name, spec, k)}
     label = RULE_NAMES.get(name, name)
     if name == "pfa" and opts.pop("orthogonal", False):
         label = "PFA-o"
-    if name == "pfa" and opts.get("expand_ratio") == PFA.DEFAULT_RATIO:
-        del opts["expand_ratio"]         # what an omitted expand_ratio means: plain "PFA"
     if opts:
         label += "(" + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
     if layers:
@@ -152,6 +147,20 @@ def rule_label(cfg: dict, drop=()) -> str:
     if shallow:
         label += " [shallow]"
     return label
+
+
+def _changes_rule(name: str, spec: dict, key: str) -> bool:
+    """Whether option ``key`` of ``spec`` makes the rule run differently from ``spec``
+    without it; True where that cannot be told (an unknown rule or option, or a spec that
+    is invalid without the key)."""
+    from ..rules.registry import effective_options
+
+    try:
+        given = effective_options(name, spec)
+        omitted = effective_options(name, {k: v for k, v in spec.items() if k != key})
+    except ValueError:
+        return True
+    return key not in given or given[key] != omitted.get(key)
 
 
 def feedback_density(cfg: dict) -> float:

@@ -34,6 +34,13 @@ class DescribedByOptions:
 
     options: dict = {}
 
+    def effective_options(self) -> dict:
+        """Every option as this instance runs with it: ``self.options`` with placeholders
+        resolved (a rule whose ``None`` stands for a computed value overrides this, e.g.
+        PFA's ``expand_ratio``). :func:`~minigrad_pfa.rules.registry.effective_options`
+        is the public entry point."""
+        return dict(self.options)
+
     def effective_defaults(self) -> dict:
         """The values ``describe()`` treats as defaults: the constructor's, unless a rule
         resolves some (e.g. WM's per-variant defaults)."""

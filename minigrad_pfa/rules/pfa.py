@@ -157,6 +157,11 @@ class PFA(DescribedByOptions, Rule):
         #: the order used, fixed at the first backward ("auto" is resolved then)
         self.resolved_order = None if order == "auto" else order
 
+    def effective_options(self) -> dict:
+        """Options with ``expand_ratio`` resolved to the r in use (10, or 1 for PFA-o and
+        identity)."""
+        return dict(self.options, expand_ratio=self.ratio)
+
     # state ------------------------------------------------------------------------
     def attach(self, layer, rng) -> None:
         out, r, rho = layer.weight_shape[0], self.ratio, self.options["feedback_density"]

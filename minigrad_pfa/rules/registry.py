@@ -51,6 +51,17 @@ def rule_options(name: str) -> dict:
     return option_defaults(_rule_class(name))
 
 
+def effective_options(name: str, options: dict | None = None) -> dict:
+    """The options rule ``name`` runs with when given ``options`` (the others defaulted),
+    placeholders resolved: ``effective_options("pfa")["expand_ratio"] == 10``,
+    ``effective_options("pfa", {"orthogonal": True})["expand_ratio"] == 1``. The one
+    answer to "what does leaving an option out mean" (``minigrad-pfa rules``, report
+    labels). Raises ValueError for an unknown rule or invalid options."""
+    rule = make_rule(name, **(options or {}))
+    resolve = getattr(rule, "effective_options", None)
+    return resolve() if resolve is not None else {}
+
+
 def _rule_class(name) -> type:
     if name not in RULES:
         raise ValueError(f"unknown learning rule {name!r}; choose one of {list(RULES)}")
