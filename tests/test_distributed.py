@@ -187,3 +187,39 @@ def test_a_failing_rank_ends_every_rank_within_the_timeout(tmp_path, fault):
     arrays, meta = load_checkpoint(str(run / "latest.npz"))
     assert meta["epoch_done"] == 0 and arrays
     assert not (run / "results.json").exists()
+
+
+# ---------------------------------------------------------------- GPU path without a GPU
+def test_nccl_check_reports_instead_of_raising():
+    from minigrad_pfa.backend import cuda_available, standin_active
+    from minigrad_pfa.distributed.nccl import check_nccl
+
+    c = check_nccl(n=1024)
+    assert c["check"] == "nccl all-reduce" and c["rule"] == "-"
+    if standin_active():  # the CPU stand-in of CuPy has no NCCL
+        assert not c["ok"] and "NCCL" in c["detail"]
+    elif not cuda_available():
+        assert not c["ok"] and "no CUDA device is visible" in c["detail"]
+    else:  # pragma: no cover - machines with GPUs
+        assert c["ok"], c["detail"]
+
+
+def test_cuda_selects_nccl_and_without_a_device_says_so():
+    from minigrad_pfa.backend import DeviceError, cuda_available, standin_active
+    from minigrad_pfa.distributed.launch import select_communicator
+
+    if cuda_available() or standin_active():  # pragma: no cover - machines with GPUs
+        pytest.skip("a CUDA device is present: this checks the message without one")
+    with pytest.raises(DeviceError, match="no CUDA device is visible"):
+        select_communicator("cuda")
+
+
+def test_nccl_dtype_table():
+    from types import SimpleNamespace
+
+    from minigrad_pfa.distributed.nccl import nccl_dtype
+
+    fake = SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+    assert nccl_dtype(fake, np.float32) == 7 and nccl_dtype(fake, "float64") == 8
+    with pytest.raises(TypeError, match="float16"):
+        nccl_dtype(fake, np.float16)
