@@ -1,0 +1,51 @@
+"""``minigrad-pfa doctor``: the CPU part here; the ``--device cuda`` checks on the stand-in."""
+import json
+
+import pytest
+
+from minigrad_pfa.backend import cuda_available
+from minigrad_pfa.cli import main
+from minigrad_pfa.cli_doctor import run_doctor
+
+
+def test_cpu_part_reports_the_machine(tmp_path, capsys):
+    assert main(["doctor", "--json", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "BLAS" in out and "PyTorch" in out and "datasets:" in out
+    rep = json.loads((tmp_path / "d.json").read_text())
+    assert set(rep["machine"]) >= {"numpy", "cuda", "torch", "datasets"}
+    assert "synthetic-mlp" in rep["machine"]["datasets"]
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_says_so_in_one_line_and_exits_0(capsys):
+    assert main(["doctor", "--device", "cuda"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("no GPU here")]
+    assert len(lines) == 1 and "the CPU part passed" in lines[0]
+
+
+def test_gpu_checks_pass_on_the_standin(standin, tmp_path):
+    logged = []
+    status = run_doctor("cuda", tmp_path / "d.json", log=logged.append,
+                        rules=("bp", "pfa", "brsf"), image=8, steps_image=8)
+    assert status == 0, "\n".join(logged)
+    rep = json.loads((tmp_path / "d.json").read_text())
+    kinds = {(c["check"], c["rule"]) for c in rep["gpu"]["checks"]}
+    for rule in ("bp", "pfa", "brsf"):
+        assert {("parity float64", rule), ("parity float32", rule), ("10 steps float64", rule),
+                ("10 steps float32", rule), ("host syncs", rule)} <= kinds
+    assert any("STAND-IN" in line for line in logged)
+    assert any("bench: skipped on the CuPy stand-in" in line for line in logged)
+
+
+def test_a_failing_check_makes_the_exit_status_non_zero(standin, monkeypatch):
+    from minigrad_pfa.doctor import gpu
+
+    def broken(rule, dtype, **kw):  # e.g. a kernel giving wrong numbers on the device
+        return {"check": f"parity {dtype}", "rule": rule, "ok": False, "detail": "broken"}
+    monkeypatch.setattr(gpu, "parity", broken)
+    monkeypatch.setattr(gpu, "train_steps", lambda *a, **k: 1 / 0)  # a check that raises
+    logged = []
+    assert run_doctor("cuda", log=logged.append, rules=("bp",), image=8, steps_image=8) == 1
+    assert any("[FAIL] parity float64 bp: broken" in ln for ln in logged)
+    assert any("[FAIL] 10 steps float32 bp: ZeroDivisionError" in ln for ln in logged)
