@@ -305,3 +305,42 @@ def test_divergence_message_points_at_init_from(tmp_path, monkeypatch):
         trainer(run).fit()
     msg = str(info.value)
     assert f"--init-from {run}" in msg and "optim.lr" in msg and "--run-dir" in msg
+
+
+# ---------------------------------------------------------------- 7. messages
+def test_config_given_with_resume_must_be_the_runs_own(tmp_path, capsys):
+    cfg = cfg_file(tmp_path)
+    run = tmp_path / "run"
+    _interrupted_after_epoch(run, 0)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(dict(CFG, optim={"lr": 0.5, "weight_decay": 1e-3})))
+    assert train_cli(other, "--resume", run) == 2
+    line = one_line_error(capsys)
+    assert str(other) in line and "optim.lr" in line
+    assert len(read_lines(run / "metrics.jsonl")) == 1        # nothing trained
+    assert train_cli(cfg, "--resume", run) == 0               # the same config: fine
+
+
+def test_corrupt_checkpoint_on_resume_suggests_only_what_works(tmp_path, capsys):
+    run = tmp_path / "run"
+    _interrupted_after_epoch(run, 1)
+    data = bytearray((run / "latest.npz").read_bytes())
+    data[0] ^= 0xFF
+    (run / "latest.npz").write_bytes(bytes(data))
+    assert train_cli("--resume", run) == 3
+    line = one_line_error(capsys)
+    assert str(run / "latest.npz") in line and "--overwrite" in line
+    assert f"--init-from {run / 'best.npz'}" in line
+    assert "earlier checkpoint" not in line and "pickle" not in line.lower()
+
+
+def test_export_errors_never_mention_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    _interrupted_after_epoch(run, 0)
+    data = (run / "latest.npz").read_bytes()
+    for broken in (data[: len(data) // 2], b"\xff" + data[1:]):
+        (run / "latest.npz").write_bytes(broken)
+        assert main(["export", str(run / "latest.npz"), "--out", str(tmp_path / "m.pt")]) == 2
+        line = one_line_error(capsys)
+        assert str(run / "latest.npz") in line
+        assert "--resume" not in line and "pickle" not in line.lower()
