@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from collections import Counter
 
 
 def _rules(values):
@@ -90,8 +91,10 @@ def _cmd_export(args):
     t0 = time.perf_counter()
     entries = catalogue.build_catalogue(_rules(args.rules), progress=_progress(args))
     info = fileformat.export(entries, args.dir)
-    print(f"wrote {info['cases']} cases ({info['bytes'] / 1e6:.1f} MB) to {args.dir} "
-          f"in {time.perf_counter() - t0:.1f} s; manifest {info['manifest']}")
+    kinds = Counter(e.case.kind for e in entries)
+    print(f"wrote {info['cases']} cases ({', '.join(f'{k} {n}' for k, n in kinds.items())}; "
+          f"{info['bytes'] / 1e6:.1f} MB) to {args.dir} in {time.perf_counter() - t0:.1f} s; "
+          f"manifest {info['manifest']}")
     return 0
 
 
