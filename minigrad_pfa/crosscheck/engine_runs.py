@@ -330,6 +330,15 @@ def _running_stats(module) -> "OrderedDict[str, np.ndarray]":
                        if k.rpartition(".")[2] in ("running_mean", "running_var"))
 
 
+def _with_grads_and_stats(module, **first) -> "OrderedDict[str, np.ndarray]":
+    """The named outputs ``first``, then every parameter's gradient, then the running
+    statistics after the pass (the order of the report)."""
+    out = OrderedDict((k, np.array(v)) for k, v in first.items())
+    out.update(module_grads(module))
+    out.update(_running_stats(module))
+    return out
+
+
 def build_module(spec: dict, dtype: str = "float64"):
     """A BatchNorm1d/2d or BasicBlock from a module spec, in ``spec["training"]`` mode."""
     kind = spec["module"]
@@ -356,10 +365,7 @@ def execute_module(module, inputs: dict) -> "OrderedDict[str, np.ndarray]":
     begin_step(weight_layers(module), inputs, _dotted)
     y = module.forward(inputs["x"])
     grad_in = module.backward(inputs["grad_output"], _context(inputs))
-    out = OrderedDict(output=np.array(y), grad_input=np.array(grad_in))
-    out.update(module_grads(module))
-    out.update(_running_stats(module))
-    return out
+    return _with_grads_and_stats(module, output=y, grad_input=grad_in)
 
 
 def run_module(rule, options, spec, dtype, seed, x_shape):
@@ -402,10 +408,7 @@ def execute_network(model, inputs: dict) -> "OrderedDict[str, np.ndarray]":
     logits = model.forward(inputs["x"])
     loss, e = softmax_cross_entropy(logits, inputs["labels"])
     model.backward(e, BackwardContext(output_error=e))
-    out = OrderedDict(logits=np.array(logits), loss=np.array(loss))
-    out.update(module_grads(model))
-    out.update(_running_stats(model))
-    return out
+    return _with_grads_and_stats(model, logits=logits, loss=loss)
 
 
 def run_network(rule, options, spec, dtype, seed, x_shape):
