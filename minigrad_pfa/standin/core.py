@@ -125,6 +125,15 @@ def _unary(op, name):
     return method
 
 
+def _counted(kind: str, read):
+    """A method that reads device data to the host: one counted sync, then ``read(data)``."""
+    def method(self, *args):
+        counters.sync(kind)
+        return read(self._a, *args)
+    method.__name__ = kind
+    return method
+
+
 def _cupy_ndarray_has(name: str) -> bool:
     """Whether real ``cupy.ndarray`` has ``name`` (NumPy's ndarray when CuPy is absent)."""
     from .cupy import real_cupy
@@ -162,34 +171,6 @@ class DeviceArray:
         """Device -> host copy (one counted sync)."""
         counters.sync("get")
         return np.array(self._a, order=order, copy=True)
-
-    def item(self, *args):
-        counters.sync("item")
-        return self._a.item(*args)
-
-    def tolist(self):
-        counters.sync("tolist")
-        return self._a.tolist()
-
-    def __float__(self):
-        counters.sync("float")
-        return float(self._a)
-
-    def __int__(self):
-        counters.sync("int")
-        return int(self._a)
-
-    def __complex__(self):
-        counters.sync("complex")
-        return complex(self._a)
-
-    def __bool__(self):
-        counters.sync("bool")
-        return bool(self._a)
-
-    def __index__(self):
-        counters.sync("index")
-        return operator.index(self._a)
 
     def __format__(self, spec):
         counters.sync("format")
@@ -298,6 +279,11 @@ _COMPARE = {"lt": operator.lt, "le": operator.le, "eq": operator.eq, "ne": opera
 _UNARY = {"neg": operator.neg, "pos": operator.pos, "abs": operator.abs,
           "invert": operator.invert}
 
+_READS = {"item": np.ndarray.item, "tolist": np.ndarray.tolist, "__float__": float,
+          "__int__": int, "__complex__": complex, "__bool__": bool,
+          "__index__": operator.index}
+for _n, _op in _READS.items():
+    setattr(DeviceArray, _n, _counted(_n.strip("_"), _op))
 for _n, _op in {**_BINARY, **_COMPARE}.items():
     setattr(DeviceArray, f"__{_n}__", _binary(_op, f"__{_n}__"))
 for _n, _op in _BINARY.items():
