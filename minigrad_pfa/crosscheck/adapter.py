@@ -28,11 +28,11 @@ The five kinds (full field lists: ``docs/crosscheck.md``)
                 inputs: ``x``, ``weight``, ``bias`` (if ``spec["bias"]``), ``grad_output``
                 (``delta = dL/dy``), ``output_error`` (``e``, DFA only) and the rule's
                 feedback arrays (``B``, ``R``, ``D``, ``M0``, ``M_t``, ``mask``, ``mask_B``,
-                ``mask_R``, ``w0_norm``). outputs: ``output``, ``grad_input``,
+                ``mask_R``, ``w0_norm``, ``w0_sign``). outputs: ``output``, ``grad_input``,
                 ``grad_weight``, ``grad_bias`` and the learned-feedback gradients
                 (``grad_B`` KP, ``grad_R`` PFA).
-``mirror``      WM's mirror phase: inputs ``weight``, ``B``, ``noise`` (one noise batch per
-                mirror step, already scaled by ``noise_std``); output ``B`` after the phase.
+``mirror``      WM's mirror phase: inputs ``weight``, ``bias``, ``B``, ``noise`` (one noise
+                batch per mirror step, already scaled); output ``B`` after the phase.
 ``module``      a BatchNorm1d/2d or a BasicBlock, forward + backward for a given
                 ``grad_output``; parameters and buffers under PyTorch state-dict names.
 ``network``     a whole MLP or small CIFAR ResNet: ``x``, ``labels`` -> ``logits``,
@@ -98,7 +98,8 @@ class Case:
     rule : str
         The rule name (``"bp"`` for modules without a rule, e.g. BatchNorm).
     options : dict
-        The rule's options (engine names and values; defaults included).
+        Every option of the rule (engine names), defaults resolved
+        (:func:`minigrad_pfa.rules.registry.effective_options`).
     spec : dict
         Geometry, architecture or optimizer (JSON values; see ``docs/crosscheck.md``).
     dtype : str

@@ -32,7 +32,8 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..rules import RULES, make_rule, rule_options
+from ..rules import RULES, rule_options
+from ..rules.registry import effective_options
 from . import engine_runs as E
 from .adapter import Case
 
@@ -218,7 +219,7 @@ def _pending(case_id, kind, rule, options, spec, dtype, run) -> Pending:
 def _entry(case_id, kind, rule, options, spec, dtype, run) -> Entry:
     """Run the engine for one case and pack it."""
     inputs, expected = run(_seed(case_id))
-    full = dict(make_rule(rule, **options).options) if rule_options(rule) else {}
+    full = effective_options(rule, options)  # defaults resolved (PFA's r = 10)
     inputs = OrderedDict((k, E.stored(v, dtype)) for k, v in inputs.items())
     for v in inputs.values():
         v.setflags(write=False)
