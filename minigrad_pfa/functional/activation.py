@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
 from ..cpu.threads import is_sharded
+from .fused import kernels
 
 
 def relu_forward(x):
@@ -38,6 +39,9 @@ def relu_forward(x):
     xp = get_array_module(x)
     if x.ndim and is_sharded(xp, x.shape[0]):  # NumPy, several engine threads
         return _cpu.relu_forward(x)
+    fused = kernels(xp)  # GPU: y and the mask in one kernel
+    if fused is not None:
+        return fused.relu(x)
     return xp.maximum(x, 0.0), x > 0
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu import batchnorm as _cpu_bn
 from ..cpu.threads import is_sharded
+from .fused import kernels
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -120,6 +121,10 @@ def _train_forward(F, r, gamma, beta, eps, reduce, shape):
     var = (sq if reduce is None else reduce(sq)) / m
     inv_std = 1.0 / xp.sqrt(var + eps)
     # y = gamma * xhat + beta, with gamma * inv_std folded into one per-channel scale
+    fused = kernels(xp)
+    if fused is not None:  # GPU: one kernel
+        return fused.bn_affine(xc, _tile(gamma * inv_std, r), _tile(beta, r)), xc, mean, \
+            var, inv_std, m
     y = xc * _tile(gamma * inv_std, r)
     y += _tile(beta, r)
     return y, xc, mean, var, inv_std, m
@@ -274,7 +279,11 @@ def batchnorm_backward(dy, cache):
         if cache["reduce"] is not None:
             both = cache["reduce"](xp.concatenate([dbeta, dgamma]))
             sb, sg = both[:dbeta.shape[0]], both[dbeta.shape[0]:]
-        # dx = k * (dy - (xc * a + b)), built in one buffer
+        # dx = k * (dy - (xc * a + b)): one kernel on the GPU, one buffer on the CPU
+        fused = kernels(xp)
+        if fused is not None:
+            dx = fused.bn_dx(D, xc, _tile(inv_std * sg / m, r), _tile(sb / m, r), _tile(k, r))
+            return _unflat(dx, shape), dgamma, dbeta
         dx = xc * _tile(inv_std * sg / m, r)
         dx += _tile(sb / m, r)
         xp.subtract(D, dx, out=dx)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..backend import get_array_module
+from ..functional.fused import kernels
 from .base import Optimizer, _nonneg, _number
 
 
@@ -75,6 +76,12 @@ class SGD(Optimizer):
     def _update(self, name, w, g, lr, wd):
         xp = get_array_module(w)
         mu = self.momentum
+        fused = kernels(xp)
+        buf = self._array_state(name, "momentum_buffer", w) if mu != 0.0 else None
+        if fused is not None and buf is not None and self.dampening == 0.0:
+            # GPU, after the first step: d, buf and p in one kernel (in place)
+            (fused.sgd_nesterov if self.nesterov else fused.sgd)(w, g, buf, lr, wd, mu)
+            return
         # ``d`` is either the caller's gradient (never written to) or a scratch array
         # owned here, which may then be modified in place.
         if wd != 0.0:
