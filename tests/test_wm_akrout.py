@@ -170,3 +170,22 @@ def test_kp_equals_their_update_under_sgd_with_decay():
         w, back_w = their_kp_step(w, back_w, delta.T, x.T, lr, 1.0 - lr * lam)
         np.testing.assert_allclose(layer.weight.data, w, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(layer.feedback_B.data, back_w.T, rtol=1e-12, atol=1e-14)
+
+
+def test_crosscheck_akrout_cases_match_their_code():
+    """The catalogue's akrout mirror cases: expected B = their FCNN_WM.mirror loop on the
+    stored W, b, B and noise (plus the decay option, 0 in their code)."""
+    from minigrad_pfa.crosscheck import catalogue
+    entries = [p.build() for p in catalogue.pending_cases(["wm"]) if "akrout" in p.id]
+    assert len(entries) == 16
+    for e in entries:
+        a, o = e.case.inputs, e.case.options
+        W = a["weight"]
+        b = (a["bias"] if "bias" in a else np.zeros(W.shape[0]))[:, None]
+        back_w = a["B"].T.copy()
+        for xi in a["noise"]:
+            back_w = (1 - o["mirror_lr"] * o["mirror_decay"]) * back_w
+            back_w = their_mirror_step(back_w, W, b, xi.T, o["mirror_lr"])
+        tol = 1e-12 if e.case.dtype == "float64" else 2e-6
+        np.testing.assert_allclose(e.expected["B"], back_w.T, rtol=tol, atol=tol, err_msg=e.case.id)
+        assert np.abs(a["noise"]).max() <= o["noise_amplitude"] / 2

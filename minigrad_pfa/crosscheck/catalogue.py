@@ -375,3 +375,8 @@ def build_catalogue(rules=None, progress=False) -> list[Entry]:
     todo = pending_cases(rules)
     return [p.build() for p in tqdm(todo, desc="crosscheck: generate", disable=not progress,
                                     unit="case", leave=False)]
+
+
+# WM akrout cases (their own module registers them as a source; imported last: it uses
+# register_source and the helpers above)
+from . import akrout_cases  # noqa: E402,F401
