@@ -23,8 +23,7 @@ from minigrad_pfa.metrics.measures import angle                          # noqa:
 
 tgrad = torch.nn.grad
 #: the only reasons the BioTorch adapter may skip a case (documented conventions)
-SKIPS = ("BioTorch has no ", "const: BioTorch's constrain_weights", "kind 'module'",
-         "MLP networks only")
+SKIPS = ("BioTorch has no ", "const: BioTorch's constrain_weights")
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,9 @@ def test_biotorch_passes_every_case_it_can_express(entries):
     assert report.exit_code == 0, [(r.id, r.summary) for r in report.failed][:5]
     for r in report.results:
         if r.status == "skip":
-            assert r.summary.startswith(SKIPS) or any(s in r.summary for s in SKIPS), r.summary
-    for rule in RULES:        # Linear and Conv2d layers, trajectories, the MLP step
-        for kind, least in (("layer", 10), ("trajectory", 4), ("network", 2)):
+            assert r.summary.startswith(SKIPS), r.summary
+    for rule in RULES:   # Linear/Conv2d layers, trajectories, BasicBlocks, MLP and ResNet steps
+        for kind, least in (("layer", 10), ("trajectory", 4), ("module", 5), ("network", 4)):
             assert fam[(kind, rule, "pass")] >= least, (kind, rule, fam)
     assert sum(v for (k, r, s), v in fam.items() if s == "pass" and k == "layer") >= 100
     sweep = [r for r in report.results if r.id.startswith("layer-sweep/")]

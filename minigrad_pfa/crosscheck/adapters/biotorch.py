@@ -1,6 +1,7 @@
 """BioTorch 0.0.16 as a crosscheck adapter: its own layers (``biotorch.layers``) and
-``BioModule`` run every case of the rules it has, fa, dfa, usf, frsf and brsf, on Linear
-and Conv2d layers and whole MLPs.
+``BioModule`` run every case of the rules it has, fa, dfa, usf, frsf and brsf: single
+Linear and Conv2d layers, SGD trajectories, BasicBlocks and whole MLP and ResNet steps
+(PyTorch models converted by ``BioModule``, BatchNorm included).
 
 Install: ``pip install --no-deps biotorch==0.0.16`` beside ``torch==2.13.0`` (its declared
 dependencies pull torchvision, jupyter and more; the layers need only torch).
@@ -31,13 +32,16 @@ BioTorch 0.0.16")
   through ``BioModule`` itself with the case's labels and ``F.cross_entropy``.
 * Trajectories use ``torch.optim.SGD`` on the layer's ``weight`` and ``bias`` (BioTorch
   trains with a torch optimizer), learning rate and weight decay set per step.
+* Blocks and networks are PyTorch modules with the engine's state-dict names (CIFAR
+  BasicBlock with option A or B shortcuts, ``nn.BatchNorm2d``), converted by
+  ``BioModule(model, mode=rule)`` exactly as a BioTorch user converts a model; every
+  array of the case is loaded by its name afterwards.
 
 Skipped (a reason per case): options BioTorch does not have (``feedback_density < 1``,
 ``norm``, ``batch_manhattan``, ``fixed_sign``, dfa ``conv="dense"``), ``const`` unless
 ``BioTorchAdapter(constrain_weights=True)`` (BioTorch's ``constrain_weights`` replaces the
 weight Parameter inside ``forward``, so an optimizer built before keeps updating the old
-tensor: run it to see the failure), the ``module`` kind and ResNet networks (not built
-here).
+tensor: run it to see the failure).
 """
 from __future__ import annotations
 
@@ -96,25 +100,30 @@ def default_dtype(dtype: str):
 
 
 @contextlib.contextmanager
-def injected_draws(draws):
-    """While active, each call of ``torch.nn.init.xavier_uniform_`` (brSF's per-forward
-    draw) fills its tensor with the next array of ``draws`` instead of random numbers."""
-    queue = list(draws)
+def injected_draws(draws: dict):
+    """While active, brSF's per-forward draw (BioTorch calls ``torch.nn.init.xavier_uniform_``
+    inside ``forward``) fills its tensor with ``draws[layer]`` for the layer running,
+    instead of random numbers. ``draws`` maps BioTorch layers to arrays."""
+    running = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: running.append(mod))
+             for m in draws]
     real = torch.nn.init.xavier_uniform_
 
     def replay(tensor, gain=1.0, generator=None):
-        if not queue:
-            raise RuntimeError("biotorch adapter: BioTorch drew more brSF matrices than "
-                               "the case stores")
+        if not running or running[-1] not in draws:
+            raise RuntimeError("biotorch adapter: a brSF draw outside a layer with a "
+                               "stored M_t")
         with torch.no_grad():
-            tensor.copy_(T(queue.pop(0)))
+            tensor.copy_(T(draws[running[-1]]))
         return tensor
 
     torch.nn.init.xavier_uniform_ = replay
     try:
-        yield queue
+        yield
     finally:
         torch.nn.init.xavier_uniform_ = real
+        for h in hooks:
+            h.remove()
 
 
 # ------------------------------------------------------------------------------ layers
@@ -171,7 +180,7 @@ class BioTorchAdapter:
     """
 
     name = "biotorch-0.0.16"
-    kinds = ("layer", "trajectory", "network")
+    kinds = ("layer", "trajectory", "module", "network")
     rules = RULES
 
     def __init__(self, constrain_weights: bool = False):
@@ -192,8 +201,6 @@ class BioTorchAdapter:
         if o.get("const") and not self.constrain_weights:
             return ("const: BioTorch's constrain_weights replaces the weight Parameter in "
                     "forward (run BioTorchAdapter(constrain_weights=True) to measure it)")
-        if case.kind == "network" and case.spec.get("model") != "mlp":
-            return "the BioTorch adapter builds MLP networks only"
         return True
 
     # layer ---------------------------------------------------------------------------
@@ -210,7 +217,7 @@ class BioTorchAdapter:
         if e is not None:
             layer.loss_gradient = T(e)
         x = T(x, requires_grad=True)
-        with injected_draws([] if M_t is None else [M_t]), default_dtype(case.dtype):
+        with injected_draws({} if M_t is None else {layer: M_t}), default_dtype(case.dtype):
             y = layer(x)
         y.backward(T(grad_output))
         return y, x
@@ -251,36 +258,140 @@ class BioTorchAdapter:
             hist["grad_input"].append(out(x.grad))
         return {k: np.stack(v) for k, v in hist.items() if v}
 
-    # network -------------------------------------------------------------------------
-    def network(self, case):
-        s, a, bt = case.spec, case.inputs, self.bt
-        sizes = [s["in_features"]] + list(s["hidden"]) + [s["num_classes"]]
-        names = [f"fc{i}" for i in range(1, len(sizes) - 1)] + ["fc"]
-        mods = OrderedDict(flatten=torch.nn.Flatten())
-        for i, name in enumerate(names):
-            mods[name] = torch.nn.Linear(sizes[i], sizes[i + 1])
-            if name != "fc":
-                mods[f"relu{i + 1}"] = torch.nn.ReLU()
-        mode = case.rule
+    # module and network ----------------------------------------------------------------
+    def _converted(self, case, model):
+        """``model`` converted by BioModule to the case's rule, in the case's dtype, with
+        every array of the case loaded by its state-dict name; and the brSF draws."""
+        mode, a = case.rule, case.inputs
+        k = a["output_error"].shape[-1] if "output_error" in a else case.spec.get("num_classes")
         with contextlib.redirect_stdout(io.StringIO()):      # BioModule prints a summary
-            net = bt["BioModule"](torch.nn.Sequential(mods), mode=mode,
-                                  output_dim=s["num_classes"] if mode == "dfa" else None)
+            net = self.bt["BioModule"](model, mode=mode, output_dim=k if mode == "dfa" else None)
         net = net.to(getattr(torch, case.dtype))
-        for name in names:
-            load_state(getattr(net.module, name), case.rule, a[f"{name}.weight"],
-                       a.get(f"{name}.bias"), _feedback(a, name + "."))
-        x, labels = T(a["x"]), torch.from_numpy(np.array(a["labels"]))
-        draws = [a[f"{name}.M_t"] for name in names if f"{name}.M_t" in a]
+        inner, draws, params = net.module, {}, OrderedDict()
+        with torch.no_grad():
+            for key, value in a.items():
+                owner, _, leaf = key.rpartition(".")
+                if not owner:
+                    continue
+                mod = inner.get_submodule(owner)
+                if leaf in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(mod, leaf).copy_(T(value))
+                    if leaf in ("weight", "bias"):
+                        params[key] = getattr(mod, leaf)
+                elif leaf == "M_t":
+                    draws[mod] = value
+        for name, mod in inner.named_modules():
+            fb = _feedback(a, name + ".")
+            if fb:
+                load_state(mod, mode, mod.weight.detach().numpy(), None, fb)
+        return net, draws, params
+
+    @staticmethod
+    def _results(inner, params, a) -> dict:
+        res = {f"grad.{k}": out(p.grad) for k, p in params.items()}
+        for key in a:
+            owner, _, leaf = key.rpartition(".")
+            if leaf in ("running_mean", "running_var"):
+                res[key] = out(getattr(inner.get_submodule(owner), leaf))
+        return res
+
+    def module(self, case):
+        s, a = case.spec, case.inputs
+        net, draws, params = self._converted(
+            case, _Block(s["in_planes"], s["planes"], s["stride"], s["shortcut"]))
+        inner = net.module.train(s["training"])
+        if "output_error" in a:      # as BioModule.forward does, for every module
+            for m in inner.modules():
+                m.loss_gradient = T(a["output_error"])
+        x = T(a["x"], requires_grad=True)
         with injected_draws(draws), default_dtype(case.dtype):
-            logits = (net(x, labels, F.cross_entropy) if mode == "dfa" else net(x))
+            y = inner(x)
+        y.backward(T(a["grad_output"]))
+        res = {"output": out(y), "grad_input": out(x.grad)}
+        res.update(self._results(inner, params, a))
+        return res
+
+    def network(self, case):
+        s, a = case.spec, case.inputs
+        model = _mlp(s) if s["model"] == "mlp" else _resnet(s)
+        net, draws, params = self._converted(case, model)
+        x, labels = T(a["x"]), torch.from_numpy(np.array(a["labels"]))
+        with injected_draws(draws), default_dtype(case.dtype):
+            logits = (net(x, labels, F.cross_entropy) if case.rule == "dfa" else net(x))
         loss = F.cross_entropy(logits, labels)
         loss.backward()
         res = {"logits": out(logits), "loss": out(loss)}
-        for name in names:
-            layer = getattr(net.module, name)
-            res[f"grad.{name}.weight"] = out(layer.weight.grad)
-            res[f"grad.{name}.bias"] = out(layer.bias.grad)
+        res.update(self._results(net.module, params, a))
         return res
+
+
+# ------------------------------------------------------------------------------ models
+def _mlp(s):
+    """``flatten, fc1, relu1, ..., fc`` as the engine's MLP (PyTorch modules)."""
+    sizes = [s["in_features"]] + list(s["hidden"]) + [s["num_classes"]]
+    mods = OrderedDict(flatten=torch.nn.Flatten())
+    for i in range(len(sizes) - 1):
+        last = i == len(sizes) - 2
+        mods["fc" if last else f"fc{i + 1}"] = torch.nn.Linear(sizes[i], sizes[i + 1])
+        if not last:
+            mods[f"relu{i + 1}"] = torch.nn.ReLU()
+    return torch.nn.Sequential(mods)
+
+
+class _Block(torch.nn.Module if torch is not None else object):
+    """CIFAR BasicBlock with the engine's names: conv1-bn1-relu-conv2-bn2, plus the
+    shortcut: identity, option A (subsample, zero channels) or B (1x1 conv + BN)."""
+
+    def __init__(self, in_planes, planes, stride, shortcut):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.option_a = (stride != 1 or in_planes != planes) and shortcut == "A"
+        self.pad = planes // 4
+        if (stride != 1 or in_planes != planes) and shortcut == "B":
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if hasattr(self, "downsample"):
+            short = self.downsample(x)
+        elif self.option_a:
+            short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        else:
+            short = x
+        return F.relu(y + short)
+
+
+def _resnet(s):
+    """The engine's CIFAR ResNet: conv1-bn1-relu, three stages of BasicBlocks, mean pool, fc."""
+    nn = torch.nn
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = s["widths"]
+            self.conv1 = nn.Conv2d(s["in_channels"], w[0], 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(w[0])
+            in_planes = w[0]
+            for i, (planes, stride) in enumerate(zip(w, (1, 2, 2)), start=1):
+                blocks = []
+                for j in range(s["blocks_per_stage"]):
+                    blocks.append(_Block(in_planes, planes, stride if j == 0 else 1,
+                                         s["shortcut"]))
+                    in_planes = planes
+                setattr(self, f"layer{i}", nn.Sequential(*blocks))
+            self.fc = nn.Linear(in_planes, s["num_classes"])
+
+        def forward(self, x):
+            h = F.relu(self.bn1(self.conv1(x)))
+            h = self.layer3(self.layer2(self.layer1(h)))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    return ResNet()
 
 
 if torch is not None:
