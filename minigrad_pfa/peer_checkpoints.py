@@ -211,8 +211,7 @@ def import_peer_state(model, state, fmt: str = "biotorch", prefix: str | None = 
                 ([f"unexpected {extra}"] if extra else []) + problems
         raise PeerCheckpointError(f"{fmt} state dict does not fit the model (prefix "
                                   f"{prefix!r}): " + "; ".join(parts))
-    new = model.state_dict()
-    new = OrderedDict((k, v) for k, v in new.items())
+    new = model.state_dict()          # a new dict: assigning to it changes nothing yet
     for k in forward:
         new[k] = state[prefix + k]
     layers = OrderedDict()

@@ -189,3 +189,24 @@ def test_crosscheck_akrout_cases_match_their_code():
         tol = 1e-12 if e.case.dtype == "float64" else 2e-6
         np.testing.assert_allclose(e.expected["B"], back_w.T, rtol=tol, atol=tol, err_msg=e.case.id)
         assert np.abs(a["noise"]).max() <= o["noise_amplitude"] / 2
+
+
+def test_akrout_trains_an_mlp_and_resumes_without_a_second_pretraining():
+    """Through attach_rules and training steps: the pre-training phase runs once per layer
+    at the first backward, then one mirror step per optimizer step; a state-dict copy
+    (a checkpoint) carries the count, so a restored model does not pre-train again."""
+    from _rules_common import attached, batch, mlp, train_step
+    from minigrad_pfa.nn.models import weight_layers
+
+    spec = {"name": "wm", "variant": "akrout", "pretrain_steps": 25}
+    model = attached(mlp, spec)
+    opt = SGD(list(model.named_parameters(trainable_only=True)), lr=0.1)
+    losses = [train_step(model, opt, *batch((7,), 4, n=6, seed=s)) for s in range(4)]
+    assert all(np.isfinite(losses))
+    counts = {n: int(l.feedback_mirror_count) for n, l in weight_layers(model).items()}
+    assert counts == {n: 25 + 4 for n in counts}
+    other = attached(mlp, spec)
+    other.load_state_dict(model.state_dict())
+    opt2 = SGD(list(other.named_parameters(trainable_only=True)), lr=0.1)
+    train_step(other, opt2, *batch((7,), 4, n=6, seed=9))
+    assert all(int(l.feedback_mirror_count) == 30 for l in weight_layers(other).values())
