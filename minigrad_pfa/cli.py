@@ -46,6 +46,10 @@ def _add_train_parser(sub):
                    help="--distributed: seconds a rank waits for the others in one "
                         "collective before ending the job (default 300 or "
                         "$MINIGRAD_PFA_COLLECTIVE_TIMEOUT)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the training step (batch shards, minigrad_pfa.cpu; "
+                        "default: $MINIGRAD_PFA_THREADS, else the usable cores, divided "
+                        "among the MPI ranks on this host with --distributed)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -55,6 +59,10 @@ def _cmd_train(args):
     from .train import Trainer
 
     from .rundir import check_fresh
+
+    from .cpu import default_threads, set_threads
+    set_threads(args.threads if args.threads is not None
+                else default_threads(distributed=args.distributed))
 
     overrides = list(args.overrides)
     if args.device:

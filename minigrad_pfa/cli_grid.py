@@ -10,8 +10,9 @@ def add_parser(sub):
         description="Run every config with every seed, each in OUT/<config name>/seed<k> "
                     "with its output in log.txt. Runs with a results.json are skipped, runs "
                     "with a latest.npz are resumed; runs go in subprocesses, --jobs at a "
-                    "time, each with max(1, cpus // jobs) BLAS threads unless "
-                    "OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set or --threads is given. "
+                    "time, each with max(1, cpus // jobs) threads unless "
+                    "MINIGRAD_PFA_THREADS / OPENBLAS_NUM_THREADS / OMP_NUM_THREADS are set "
+                    "or --threads is given. "
                     "Exit status 1 if any run failed.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML configs")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -22,7 +23,8 @@ def add_parser(sub):
     p.add_argument("--out", default="runs", help="parent directory (default: runs)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads per run (default: cpus // jobs, or the environment's)")
+                   help="threads per run (the engine's and BLAS's; default: cpus // jobs, "
+                        "or the environment's MINIGRAD_PFA_THREADS)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the commands, run nothing")
     p.add_argument("--backend", choices=("local", "ray"), default="local",

@@ -23,12 +23,13 @@ State of a run directory before the grid starts it (:func:`run_state`):
 
 Every run is a subprocess ``python -m minigrad_pfa.cli train ...`` (``--jobs N`` of them at
 a time; ``--jobs 1`` is sequential): a crash or a divergence ends one run, not the grid;
-each run gets its own log; and the BLAS thread count, which must be set before NumPy loads
-(it cannot change inside a running process), is set per child. A child gets
-``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` =
-``max(1, cpus // jobs)``, unless the variable is already set in the grid's environment (the
-user's explicit choice wins) or ``--threads`` is given (it wins over both). Oversubscribing
-the cores (N processes x all-core BLAS) makes OpenBLAS many times slower, hence the default.
+each run gets its own log; and the thread count is set per child: ``MINIGRAD_PFA_THREADS``
+(the engine's threads, ``train --threads``' default, :mod:`minigrad_pfa.cpu`) and, for
+BLAS libraries that read them at load, ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` and
+``MKL_NUM_THREADS`` = ``max(1, cpus // jobs)``, unless the variable is already set in the
+grid's environment (the user's explicit choice wins) or ``--threads`` is given (it wins
+over both). Oversubscribing the cores (N processes x all-core threads) makes the runs many
+times slower (``--jobs 2`` on 2 cores: one thread each), hence the default.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ from .config import ConfigError, load_config
 from .rundir import RunDirError, config_diff, mixed_runs, run_files
 from .runlock import lock_owner
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_VARS = ("MINIGRAD_PFA_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+               "MKL_NUM_THREADS")
 #: config keys that may differ between a saved run and the grid's plan
 IGNORED_KEYS = ("device",)
 

@@ -183,7 +183,9 @@ def test_rule_labels():
         assert (rule, "minigrad") in resnet
     assert {("bp", "torch"), ("pfa-r10", "torch")} <= resnet
     assert {c["batch"] for c in full if c["model"] == "resnet20"} == {32, 64, 128, 256}
-    assert all(c["steps"] >= 5 for c in full)
+    # at least 5 timed steps pooled over the interleaved rounds ('once': first only)
+    from minigrad_pfa.bench.regimes import ROUNDS
+    assert all(c["steps"] * (1 if c.get("once") else ROUNDS["full"]) >= 5 for c in full)
     assert not any(c["impl"] == "torch" for c in build_suite("full", "cpu", torch_ok=False))
 
 
@@ -268,7 +270,10 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert lit["pfa_orders"] == {"fast": 0, "literal": 20}  # ResNet-20 has 20 weight layers
     assert {t["key"] for t in data["targets"]} >= {"resnet_pfa_vs_bp", "mlp_bp_vs_torch"}
     text = md.read_text()
-    assert "## Machine" in text and "## Targets (issue 6)" in text
+    assert "## Machine" in text and "## 1 thread (issue 6's targets)" in text
+    assert "### Targets" in text and data["regimes"][0]["threads"] == 1
+    assert data["machine"]["blas_pools"] is None or \
+        any(p["user_api"] == "blas" for p in data["machine"]["blas_pools"])
     assert "pfa-r10-literal" in text and m["processor"] in text
 
 
@@ -276,3 +281,49 @@ def test_cpu_timer_needs_one_thread():
     from minigrad_pfa.bench.runner import run_bench
     with pytest.raises(ValueError, match="timer 'cpu' needs --threads 1"):
         run_bench(mode="tiny", threads=2, timer="cpu", log=lambda *a: None)
+
+
+# ------------------------------------------------------------ regimes and rounds
+
+
+def test_pooled_rounds_median_iqr_and_regime_targets():
+    from minigrad_pfa.bench.regimes import pool_rounds, quartiles, regime_threads, \
+        regime_timer
+    from minigrad_pfa.bench.report_md import render
+    from minigrad_pfa.bench.targets import target_table, TARGETS, TARGETS_ALL_CORES
+
+    assert regime_threads(4, "cpu") == [4, 1] and regime_threads(1, "cpu") == [1]
+    assert regime_threads(4, "cuda") == [4] and regime_threads(4, "cpu", False) == [4]
+    assert regime_timer("auto", 1, "cpu") == "cpu" and regime_timer("auto", 2, "cpu") == "wall"
+    # hand-computed: pooled steps 1..9 -> median 5, inclusive quartiles 3 and 7
+    rounds = [_rec("resnet20", "bp", "minigrad", 128, 0.0, step_times_s=[1.0, 2.0, 3.0],
+                   step_wall_s=2.0, step_cpu_s=2.0, flops=9e9, peak_mb=10.0),
+              _rec("resnet20", "bp", "minigrad", 128, 0.0, step_times_s=[4.0, 5.0, 6.0],
+                   step_wall_s=5.0, step_cpu_s=5.0, flops=9e9, peak_mb=30.0),
+              _rec("resnet20", "bp", "minigrad", 128, 0.0, step_times_s=[7.0, 8.0, 9.0],
+                   step_wall_s=8.0, step_cpu_s=8.0, flops=9e9, peak_mb=20.0)]
+    r = pool_rounds(rounds)
+    assert r["step_s"] == 5.0 and (r["step_q1_s"], r["step_q3_s"]) == (3.0, 7.0)
+    assert quartiles([2.0]) == (2.0, 2.0)
+    assert r["peak_mb"] == 30.0 and r["gflops"] == pytest.approx(1.8) and r["rounds"] == 3
+    assert target_table({"threads": 2, "device_kind": "cpu"}) is TARGETS_ALL_CORES
+    assert target_table({"threads": 1, "device_kind": "cpu"}) is TARGETS
+    # a two-regime JSON renders both tables, each with its own targets
+    def full(impl, b, t):
+        return _rec("resnet20", "bp", impl, b, t, step_times_s=[t], flops=1e9,
+                    step_wall_s=t, step_cpu_s=t)
+
+    recs2 = [full("minigrad", b, 1.0 * b / 128) for b in (32, 128, 256)] + \
+        [full("torch", b, 0.5 * b / 128) for b in (32, 128, 256)]
+    recs1 = [full("minigrad", 128, 1.5), full("torch", 128, 1.0)]
+    machine = {"mode": "full", "device_kind": "cpu", "threads": 2, "timer": "wall",
+               "thread_env": ["OMP_NUM_THREADS"], "torch_installed": False}
+    blocks = [{"threads": t, "timer": tm, "gemm": {}, "gemm_peak_gflops": None,
+               "records": rs} for t, tm, rs in ((2, "wall", recs2), (1, "cpu", recs1))]
+    data = {"machine": machine, "records": recs2, "regimes": blocks, "profiles": [],
+            "loader": None}
+    text = render(data)
+    assert "## All usable cores: 2 threads (issue 14's targets)" in text
+    assert "## 1 thread (issue 6's targets)" in text
+    assert "ResNet-20 BP step / PyTorch BP step, batch 256 | 2 | <= 1.3 | **no**" in text
+    assert "ResNet-20 BP step / PyTorch BP step | 1.5 | <= 2 | yes" in text

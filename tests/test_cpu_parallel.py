@@ -137,3 +137,22 @@ def test_threads_setting_validates_and_restores():
     assert cpu.usable_cores() >= 1
     assert [(s.start, s.stop) for s in cpu_threads.shard_bounds(7, 3)] == \
         [(0, 3), (3, 5), (5, 7)]
+
+
+def test_default_threads_env_grid_jobs_and_mpi_ranks(monkeypatch):
+    from minigrad_pfa import grid as G
+    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 4)
+    assert cpu.default_threads() == 4
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert cpu.default_threads(distributed=True) == 2 and cpu.default_threads() == 4
+    # grid --jobs 2 on 2 cores: each child run gets one thread (no oversubscription)
+    env = G.thread_env(2, base={}, cpus=2)
+    assert env[cpu.THREADS_ENV] == "1"
+    monkeypatch.setenv(cpu.THREADS_ENV, env[cpu.THREADS_ENV])
+    assert cpu.default_threads() == 1
+    monkeypatch.setenv(cpu.THREADS_ENV, "zero")
+    with pytest.raises(ValueError, match="MINIGRAD_PFA_THREADS must be a positive integer"):
+        cpu.default_threads()

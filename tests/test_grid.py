@@ -72,13 +72,13 @@ def test_plan_errors_name_the_file_and_key(tmp_path):
 
 def test_thread_env():
     env = G.thread_env(2, base={"PATH": "/bin"}, cpus=4)
-    assert [env[v] for v in G.THREAD_VARS] == ["2", "2", "2"]
+    assert [env[v] for v in G.THREAD_VARS] == ["2", "2", "2", "2"]
     assert G.thread_env(8, base={}, cpus=4)["OPENBLAS_NUM_THREADS"] == "1"
     # an explicit setting in the environment wins, --threads wins over it
     env = G.thread_env(1, base={"OPENBLAS_NUM_THREADS": "1"}, cpus=16)
     assert env["OPENBLAS_NUM_THREADS"] == "1" and env["OMP_NUM_THREADS"] == "16"
     env = G.thread_env(1, threads=3, base={"OPENBLAS_NUM_THREADS": "1"}, cpus=16)
-    assert [env[v] for v in G.THREAD_VARS] == ["3", "3", "3"]
+    assert [env[v] for v in G.THREAD_VARS] == ["3", "3", "3", "3"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(G.__file__)))
     assert env["PYTHONPATH"].split(os.pathsep)[0] == root
     assert G.thread_env(1, base={"PYTHONPATH": "x"}, cpus=1)["PYTHONPATH"] == \

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .gpu_targets import gpu_section
 from .host_syncs import markdown_section as host_sync_section
+from .regimes import regime_view
 from .suite import MODELS, reference_batches
 from .targets import evaluate_targets, find
 
@@ -59,23 +60,31 @@ def _model_section(data, model, batch, ms: bool, title: str) -> list[str]:
     rows = []
     for r in sorted(recs, key=_rule_key):
         if r.get("error"):
-            rows.append([_rule_name(r), "error: " + r["error"][:80]] + ["-"] * 9)
+            rows.append([_rule_name(r), "error: " + r["error"][:80]] + ["-"] * 10)
             continue
         orders = r.get("pfa_orders")
         rows.append([
-            _rule_name(r), _fmt_s(r["step_s"], ms),
+            _rule_name(r), _fmt_s(r["step_s"], ms), _spread(r, ms),
             _num(r["step_s"] / bp["step_s"], "{:.2f}") if bp else "-",
             _fmt_s(min(r["step_times_s"]), ms), _fmt_s(r.get(f"step_{other}_s"), ms),
             _num(r["peak_mb"], "{:.0f}"), _num(r.get("base_mb"), "{:.0f}"),
             _num(r["flops"] / 1e9, "{:.2f}"), _num(r["gflops"]),
             _num(100 * r["gemm_fraction"], "{:.0f}%") if r.get("gemm_fraction") else "-",
             "-" if not orders else f"{orders['fast']}/{orders['literal']}"])
-    lines = [f"## {title}", ""]
-    lines += _table(["rule", f"step ({unit}, {timer}, median)", "x engine BP",
+    lines = [f"### {title}", ""]
+    lines += _table(["rule", f"step ({unit}, {timer}, median)", "IQR (steps)", "x engine BP",
                      f"fastest ({unit})", f"{other} ({unit}, median)",
                      "peak MB", "base MB", "GFLOP/step", "GFLOP/s", "of GEMM peak",
                      "PFA layers fast/literal"], rows)
     return lines
+
+
+def _spread(r, ms=False) -> str:
+    """'q1-q3 (k)' of a pooled record: the interquartile range of its k timed steps."""
+    if r.get("step_q1_s") is None:
+        return "-"
+    return (f"{_fmt_s(r['step_q1_s'], ms)}-{_fmt_s(r['step_q3_s'], ms)} "
+            f"({len(r['step_times_s'])})")
 
 
 def _scaling_section(data, model) -> list[str]:
@@ -96,7 +105,8 @@ def _scaling_section(data, model) -> list[str]:
                                                                  "minigrad", b)
         row.append("-" if not (bp and pfa) else f"{pfa['step_s'] / bp['step_s']:.2f}")
         rows.append(row)
-    lines = ["## Scaling with the batch size (ResNet-20)", ""]
+    lines = [f"### Scaling with the batch size (ResNet-20, {data['machine']['threads']} "
+             "thread(s))", ""]
     lines += _table(["batch", "engine BP s", "img/s", "engine PFA r=10 s", "img/s",
                      "PyTorch BP s", "img/s", "PFA / BP"], rows)
     return lines
@@ -161,9 +171,15 @@ def _profile_section(profiles) -> list[str]:
                   "chunks) or the own time of `_conv_gemm` (whole batch) and of "
                   "`conv2d_weight_grad`; im2col's copy is `copyto` (chunks) or "
                   "`ascontiguousarray` (whole batch).", ""]
+        if p.get("phases"):
+            lines += ["By phase (`minigrad_pfa.bench.phases`: each function's own time "
+                      "assigned to the phase that dominates it):", ""]
+            lines += _table(["phase", "ms/step", "share"],
+                            [[k, f"{v * 1e3:.1f}", f"{100 * v / total:.0f}%"]
+                             for k, v in p["phases"].items()])
         rows = [[f"`{t['function']}`", f"`{t['where']}`", t["ncalls"],
                  f"{t['tottime_s'] * 1e3:.1f}", f"{100 * t['tottime_s'] / total:.0f}%",
-                 f"{t['cumtime_s'] * 1e3:.1f}"] for t in p["top"][:15]]
+                 f"{t['cumtime_s'] * 1e3:.1f}"] for t in p["top"][:12]]
         lines += _table(["function", "where", "calls", "own ms/step", "share",
                          "cumulative ms/step"], rows)
     return lines
@@ -173,8 +189,6 @@ def render(data: dict, json_name: str = "") -> str:
     """The Markdown report for one benchmark JSON."""
     m = data["machine"]
     mode = m.get("mode", "full")
-    ref = reference_batches(mode)
-    targets = data.get("targets") or evaluate_targets(data)
     rounds = max([len(r.get("round_step_s") or [0]) for r in data["records"]] or [1])
     cmd = m.get("command") or (f"minigrad-pfa bench --device {m['device_kind']} "
                                f"--threads {m['threads']}")
@@ -183,10 +197,11 @@ def render(data: dict, json_name: str = "") -> str:
              + (f" (`{json_name}`)" if json_name else "") + " by "
              "`python -m minigrad_pfa.bench.report_md`; do not edit by hand. Reproduce with",
              "", "```", f"{cmd} --json bench.json --markdown performance.md", "```", "",
-             "Every configuration ran in a fresh subprocess with the same thread settings, "
-             "after warm-up; step times are medians"
-             + (f" (of each configuration's fastest of {rounds} rounds through the whole "
-                "suite)" if rounds > 1 else "")
+             "Every configuration ran in a fresh subprocess with its regime's thread "
+             "settings, after warm-up; step times are medians of all timed steps"
+             + (f" pooled over {rounds} interleaved rounds (each round runs every "
+                "configuration under every regime back to back; `minigrad_pfa.bench."
+                "regimes`), with their interquartile range" if rounds > 1 else "")
              + ", and comparisons are ratios within this one run (absolute times on a "
              "shared machine move with its load).", ""]
     la0, la1 = m.get("load_average_start"), m.get("load_average_end")
@@ -194,11 +209,15 @@ def render(data: dict, json_name: str = "") -> str:
                           f"{m.get('cpus_usable')} usable)"],
             ["memory", _num(m.get("memory_gb"), "{:.0f} GB")],
             ["OS / Python / NumPy", f"{m.get('os')} / {m.get('python')} / {m.get('numpy')}"],
-            ["BLAS", f"{m.get('blas')} (threads observed in a worker: "
-                     f"{m.get('blas_threads_observed')})"],
-            ["threads", f"{m['threads']} (set through {', '.join(m['thread_env'])} and "
-                        "torch.set_num_threads)"],
-            ["timer", _TIMERS[m.get("timer", "wall")]],
+            ["BLAS", f"{m.get('blas')}, {_pools(m.get('blas_pools'))}"],
+            ["OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE",
+             " / ".join(str((m.get("blas_env") or {}).get(v) or "unset")
+                        for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))],
+            ["threads", ", ".join(f"{b['threads']}" for b in _regimes(data)) +
+             f" (the regimes; set through minigrad_pfa.cpu.set_threads, "
+             f"{', '.join(m['thread_env'])} and torch.set_num_threads)"],
+            ["timer", "; ".join(f"{b['threads']} thread(s): {_TIMERS[b['timer']]}"
+                                for b in _regimes(data))],
             ["load average (1, 5, 15 min)",
              f"start {_loadavg(la0)}, end {_loadavg(la1)}"],
             ["device", m["device_kind"] + (f" ({m['gpu']}, CuPy {m.get('cupy')})"
@@ -206,12 +225,13 @@ def render(data: dict, json_name: str = "") -> str:
             ["PyTorch", _torch_version(data) if m.get("torch_installed") else "not installed"],
             ["date (UTC) / commit", f"{m.get('date_utc')} / {m.get('git_commit')}"],
             ["mode / wall time", f"{mode} / {_num(m.get('wall_s'), '{:.0f} s')}"]]
-    g = data.get("gemm", {})
-    gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
-                         if not v.get("error"))
-    size = next((v["size"] for v in g.values() if not v.get("error")), "?")
-    rows.append([f"float32 GEMM peak ({size} x {size}, best of the repeats)",
-                 gemm_txt or "-"])
+    for b in _regimes(data):
+        g = b.get("gemm", {})
+        gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
+                             if not v.get("error"))
+        size = next((v["size"] for v in g.values() if not v.get("error")), "?")
+        rows.append([f"float32 GEMM peak ({size} x {size}, best of the repeats), "
+                     f"{b['threads']} thread(s)", gemm_txt or "-"])
     lines += ["## Machine", ""] + _table(["", ""], rows)
     if la0 and m.get("cpus_usable") and max(la0[0], (la1 or la0)[0]) > m["cpus_usable"]:
         lines += [f"The load average exceeded the {m['cpus_usable']} usable CPUs during the "
@@ -219,27 +239,8 @@ def render(data: dict, json_name: str = "") -> str:
                   "and noisier than on an idle machine; the ratios below are the figures "
                   "to read.", ""]
 
-    trows = []
-    for t in targets:
-        v = "-" if t["value"] is None else (f"{t['value']:.0f}" if t["target"] > 100 else
-                                            f"{t['value']:.3g}")
-        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        trows.append([t["description"], v, f"{t['op']} {t['target']:g}", met, t["detail"]])
-    lines += ["## Targets (issue 6)", ""]
-    if mode != "full":
-        lines += [f"Mode `{mode}`: ResNet-20 at batch {ref['resnet']}, so these are not the "
-                  "targets' batch-128 figures.", ""]
-    lines += _table(["figure", "measured", "target", "met", "from"], trows)
-
-    rm, mm = ref["resnet_model"], ref["mlp_model"]
-    shape = "x".join(str(s) for s in MODELS[rm]["input"])
-    lines += _model_section(data, rm, ref["resnet"], False,
-                            f"ResNet-20 (batch {ref['resnet']}, {shape})")
-    hidden = "-".join(str(h) for h in MODELS[mm]["kwargs"]["hidden"])
-    lines += _model_section(data, mm, ref["mlp"], True,
-                            f"MLP {MODELS[mm]['kwargs']['in_features']}-{hidden}-10 "
-                            f"(batch {ref['mlp']})")
-    lines += _scaling_section(data, rm)
+    for b in _regimes(data):
+        lines += _regime_sections(regime_view(data, b), b)
     lines += _proposal_section(data)
     lines += _loader_section(data.get("loader"))
     lines += _profile_section(data.get("profiles"))
@@ -269,6 +270,60 @@ def render(data: dict, json_name: str = "") -> str:
               "*of GEMM peak* compares with the float32 GEMM measured in the same run.",
               ""]
     return "\n".join(lines)
+
+
+def _regimes(data) -> list[dict]:
+    """The thread regimes of a run (a JSON from before issue 14 has one, the data itself)."""
+    return data.get("regimes") or [{"threads": data["machine"]["threads"],
+                                     "timer": data["machine"].get("timer", "wall"),
+                                     "gemm": data.get("gemm", {}),
+                                     "gemm_peak_gflops": data.get("gemm_peak_gflops"),
+                                     "records": data["records"],
+                                     "targets": data.get("targets")}]
+
+
+def _regime_sections(data, block) -> list[str]:
+    """Targets, the ResNet-20 and MLP tables and the batch scaling of one regime."""
+    m = data["machine"]
+    mode = m.get("mode", "full")
+    ref = reference_batches(mode)
+    t = m["threads"]
+    many = t > 1 and m.get("device_kind", "cpu") == "cpu"
+    title = (f"All usable cores: {t} threads (issue 14's targets)" if many else
+             f"{t} thread{'s' if t > 1 else ''} (issue 6's targets)")
+    lines = [f"## {title}", ""]
+    targets = block.get("targets") or evaluate_targets(data)
+    trows = []
+    for x in targets:
+        v = "-" if x["value"] is None else (f"{x['value']:.0f}" if x["target"] > 100 else
+                                            f"{x['value']:.3g}")
+        met = {True: "yes", False: "**no**", None: "-"}[x["met"]]
+        trows.append([x["description"], v, f"{x['op']} {x['target']:g}", met, x["detail"]])
+    if mode != "full":
+        lines += [f"Mode `{mode}`: ResNet-20 at batch {ref['resnet']}, so these are not the "
+                  "targets' batch-128 figures.", ""]
+    lines += ["### Targets", ""] + _table(["figure", "measured", "target", "met", "from"],
+                                          trows)
+    rm, mm = ref["resnet_model"], ref["mlp_model"]
+    shape = "x".join(str(s) for s in MODELS[rm]["input"])
+    lines += _model_section(data, rm, ref["resnet"], False,
+                            f"ResNet-20 (batch {ref['resnet']}, {shape}, {t} thread(s))")
+    hidden = "-".join(str(h) for h in MODELS[mm]["kwargs"]["hidden"])
+    lines += _model_section(data, mm, ref["mlp"], True,
+                            f"MLP {MODELS[mm]['kwargs']['in_features']}-{hidden}-10 "
+                            f"(batch {ref['mlp']}, {t} thread(s))")
+    lines += _scaling_section(data, rm)
+    return lines
+
+
+def _pools(pools) -> str:
+    """threadpoolctl's pools in a short phrase (library version, kernel, threads)."""
+    if not pools:
+        return "threadpoolctl info unavailable"
+    return "; ".join(f"{p.get('internal_api')} {p.get('version')} kernel "
+                     f"{p.get('architecture') or '-'}, {p.get('num_threads')} thread(s) in "
+                     "the GEMM worker" for p in pools if p.get("user_api") == "blas") or \
+        "no BLAS pool found"
 
 
 _TIMERS = {"wall": "wall-clock time (`time.perf_counter`)",

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from .regimes import ROUNDS, regime_threads, regime_timer, regime_view, run_interleaved
 from .suite import build_suite
 from .targets import evaluate_targets, format_targets
 from .worker import MARK
@@ -34,6 +35,10 @@ from .worker import MARK
 #: environment variables through which BLAS / OpenMP runtimes read their thread count
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+#: environment variables that choose OpenBLAS's kernel / cache model (recorded per run:
+#: set on some machines for old OpenBLAS builds, they can slow a current one)
+BLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 #: GEMM size of the peak measurement per mode
 GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
@@ -118,8 +123,8 @@ def machine_block(mode: str, device: str, threads: int) -> dict:
              "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "git_commit": _git_commit(), "load_average_start": _loadavg()}
     if device == "cuda":
-        from ..backend import cupy_module
-        cp = cupy_module()
+        from ..backend import device_module  # the CuPy stand-in in tests
+        cp = device_module()
         props = cp.cuda.runtime.getDeviceProperties(0)
         block["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) \
             else str(props["name"])
@@ -127,16 +132,12 @@ def machine_block(mode: str, device: str, threads: int) -> dict:
     return block
 
 
-def _merge_rounds(results: list[dict]) -> dict:
-    """Several rounds of one configuration -> the round with the lowest median."""
-    ok = [r for r in results if not r.get("error")]
-    if not ok:
-        return results[-1]
-    best = dict(min(ok, key=lambda r: r["step_s"]))
-    if len(results) > 1:
-        best["round_step_s"] = [r.get("step_s") for r in results]
-        best["peak_mb"] = max(r["peak_mb"] for r in ok)
-    return best
+def _kernel(pools) -> str:
+    """The OpenBLAS kernel (threadpoolctl's architecture) in a short phrase."""
+    arch = [p.get("architecture") for p in pools or [] if p.get("internal_api") == "openblas"]
+    return f"kernel {arch[0]}" if arch and arch[0] else "kernel unknown"
+
+
 
 
 def _describe(rec: dict) -> str:
@@ -155,9 +156,10 @@ def _describe(rec: dict) -> str:
 
 
 def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = None,
-              json_path=None, markdown_path=None, rounds: int = 1, profile: bool = False,
-              proposals: bool = False, loader: bool = True, mode: str | None = None, timer: str = "wall",
-              timeout_s: float = 1800.0, log=print, host_syncs: bool = True) -> dict:
+              json_path=None, markdown_path=None, rounds: int | None = None,
+              profile: bool = False, proposals: bool = False, loader: bool = True,
+              mode: str | None = None, timer: str = "auto", timeout_s: float = 1800.0,
+              log=print, host_syncs: bool = True, one_thread: bool = True) -> dict:
     """Run the benchmark and return its JSON-able result.
 
     Parameters
@@ -170,9 +172,9 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         BLAS / OpenMP / PyTorch threads of every worker (default: all usable CPUs).
     json_path, markdown_path : path, optional
         Where to write the JSON and the Markdown report (:mod:`.report_md`).
-    rounds : int
-        Run the whole suite this many times and keep each configuration's fastest round
-        (a way to measure through bursts of load from other processes).
+    rounds : int, optional
+        Run the whole suite this many interleaved rounds and pool each configuration's
+        steps over them (default :data:`.regimes.ROUNDS` of the mode).
     profile : bool
         Add cProfile runs of the engine's ResNet-20 BP and PFA (r = 10) steps.
     proposals : bool
@@ -184,11 +186,15 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         (:mod:`.host_syncs`; in this process, seconds).
     mode : {"full", "quick", "tiny"}, optional
         Overrides ``quick``; ``tiny`` is the test suite's seconds-long smoke run.
-    timer : {"wall", "cpu"}
+    timer : {"auto", "wall", "cpu"}
         What ``step_s`` (and the GEMM peak) measure: wall-clock time, or the worker's CPU
         time (``time.process_time``; needs ``threads=1`` on the CPU, where it is the
         step's own work whatever other processes do). Both are always recorded
-        (``step_wall_s``, ``step_cpu_s``).
+        (``step_wall_s``, ``step_cpu_s``). ``auto``: CPU time for the one-thread regime,
+        wall clock for the all-core one (:func:`.regimes.regime_timer`).
+    one_thread : bool
+        With ``threads > 1`` on the CPU, also measure every configuration with one thread
+        (the second regime, interleaved with the first: :mod:`.regimes`).
     timeout_s : float
         Per-worker time limit.
     """
@@ -203,77 +209,89 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
                    else os.cpu_count()) or 1
     if int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    rounds = ROUNDS[mode] if rounds is None else rounds
     if int(rounds) < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    threads = int(threads)
-    if timer not in ("wall", "cpu"):
-        raise ValueError(f"timer must be 'wall' or 'cpu', got {timer!r}")
+    threads, rounds = int(threads), int(rounds)
+    if timer not in ("auto", "wall", "cpu"):
+        raise ValueError(f"timer must be 'auto', 'wall' or 'cpu', got {timer!r}")
     if timer == "cpu" and (threads != 1 or device != "cpu"):
         raise ValueError("timer 'cpu' needs --threads 1 on --device cpu: CPU time sums over "
                          f"threads and does not see GPU work (got {threads} threads, "
                          f"device {device})")
-    env = worker_env(threads)
+    regimes = regime_threads(threads, device, one_thread)
+    timers = {t: regime_timer(timer, t, device) for t in regimes}
+    if timers[threads] == "cpu" and (threads != 1 or device != "cpu"):
+        raise ValueError("timer 'cpu' needs --threads 1 on --device cpu: CPU time sums over "
+                         f"threads and does not see GPU work (got {threads} threads, "
+                         f"device {device})")
     t_start = time.perf_counter()
     machine = machine_block(mode, device, threads)
-    machine["timer"] = timer
+    machine["timer"] = timers[threads]
+    machine["blas_env"] = {v: os.environ.get(v) for v in BLAS_KERNEL_VARS}
     parts = ["minigrad-pfa bench", {"full": "", "quick": "--quick", "tiny": "--tiny"}[mode],
-             f"--device {device} --threads {threads} --timer {timer}",
-             f"--rounds {rounds}" if rounds > 1 else "", "--profile" if profile else "",
-             "--proposals" if proposals else "", "" if loader else "--no-loader"]
+             f"--device {device} --threads {threads}",
+             f"--timer {timer}" if timer != "auto" else "",
+             f"--rounds {rounds}" if rounds != ROUNDS[mode] else "",
+             "--profile" if profile else "", "--proposals" if proposals else "",
+             "" if loader else "--no-loader", "" if one_thread else "--no-one-thread"]
     machine["command"] = " ".join(p for p in parts if p)  # to reproduce this run
     torch_ok = machine["torch_installed"]
-    log(f"minigrad-pfa bench ({mode}, {device}, {threads} thread(s), {timer} time) on "
-        f"{machine['processor']}"
+    log(f"minigrad-pfa bench ({mode}, {device}, regimes {regimes} thread(s), {rounds} "
+        f"interleaved round(s)) on {machine['processor']}"
         f", {machine['cpus']} CPUs, load average {machine['load_average_start']}")
     if not torch_ok:
         log("PyTorch is not installed: the PyTorch comparisons are skipped "
             "(pip install torch==2.13.0)")
+    envs = {t: worker_env(t) for t in regimes}
 
-    def run(cfg):
-        return run_worker(dict(cfg, threads=threads, timer=timer), env, timeout_s)
+    def run(cfg, t=threads):
+        return run_worker(dict(cfg, threads=t, timer=timers[t]), envs[t], timeout_s)
 
-    # the GEMM peak, in the same thread environment as the steps
-    gemm = {"numpy" if device == "cpu" else "cupy":
-            run({"kind": "gemm", "impl": "numpy", "size": GEMM_SIZE[mode], "device": device})}
-    if torch_ok:
-        gemm["torch"] = run({"kind": "gemm", "impl": "torch", "size": GEMM_SIZE[mode],
-                             "device": device})
-    engine_gemm = next(iter(gemm.values()))
-    peak = engine_gemm.get("gflops_max")
-    if engine_gemm.get("error"):
-        log(f"GEMM peak: ERROR {engine_gemm['error']}")
-    else:
-        machine["blas"] = engine_gemm.get("blas")
-        machine["blas_threads_observed"] = engine_gemm.get("blas_threads")
-        log(f"float32 GEMM {GEMM_SIZE[mode]}: {peak:.1f} GFLOP/s (best of "
-            f"{engine_gemm['repeats']}; {engine_gemm.get('blas')}, BLAS threads "
-            f"{engine_gemm.get('blas_threads')})" + (
-                f"; PyTorch {gemm['torch'].get('gflops_max', float('nan')):.1f} GFLOP/s"
-                if "torch" in gemm else ""))
+    # the GEMM peak of each regime, in the same thread environment as its steps
+    blocks = {}
+    for t in regimes:
+        gemm = {"numpy" if device == "cpu" else "cupy":
+                run({"kind": "gemm", "impl": "numpy", "size": GEMM_SIZE[mode],
+                     "device": device}, t)}
+        if torch_ok:
+            gemm["torch"] = run({"kind": "gemm", "impl": "torch", "size": GEMM_SIZE[mode],
+                                 "device": device}, t)
+        engine_gemm = next(iter(gemm.values()))
+        blocks[t] = {"threads": t, "timer": timers[t], "gemm": gemm,
+                     "gemm_peak_gflops": engine_gemm.get("gflops_max"),
+                     "blas": engine_gemm.get("blas"),
+                     "blas_threads_observed": engine_gemm.get("blas_threads"),
+                     "blas_pools": engine_gemm.get("blas_pools")}
+        if engine_gemm.get("error"):
+            log(f"GEMM peak ({t} threads): ERROR {engine_gemm['error']}")
+        else:
+            log(f"float32 GEMM {GEMM_SIZE[mode]}, {t} thread(s): "
+                f"{engine_gemm['gflops_max']:.1f} GFLOP/s (best of {engine_gemm['repeats']}; "
+                f"{engine_gemm.get('blas')}, BLAS threads {engine_gemm.get('blas_threads')}, "
+                f"{_kernel(engine_gemm.get('blas_pools'))})" + (
+                    f"; PyTorch {gemm['torch'].get('gflops_max', float('nan')):.1f} GFLOP/s"
+                    if "torch" in gemm else ""))
+    for key in ("blas", "blas_threads_observed", "blas_pools"):
+        machine[key] = blocks[threads][key]
 
     suite = build_suite(mode, device, torch_ok, profile=profile, proposals=proposals)
     steps = [c for c in suite if c["kind"] == "step"]
-    results = {i: [] for i in range(len(steps))}
-    for k in range(int(rounds)):
-        if rounds > 1:
-            log(f"round {k + 1}/{rounds}")
-        for i, cfg in enumerate(steps):
-            res = run(cfg)
-            if res.get("error"):
-                res.update({key: cfg[key] for key in ("model", "rule", "impl", "batch",
-                                                     "device", "group")})
-                if cfg.get("variants"):
-                    res["variants"] = cfg["variants"]
-            results[i].append(res)
-            log("  " + _describe(res))
-    records = [_merge_rounds(results[i]) for i in range(len(steps))]
-    for r in records:
-        if not r.get("error") and peak:
-            r["gemm_fraction"] = r["gflops"] / peak
+    pooled = run_interleaved(steps, regimes, rounds, run, log, _describe)
+    for t in regimes:
+        peak = blocks[t]["gemm_peak_gflops"]
+        for r in pooled[t]:
+            if not r.get("error") and peak:
+                r["gemm_fraction"] = r["gflops"] / peak
+        blocks[t]["records"] = pooled[t]
+    records = pooled[threads]
+    peak, gemm = blocks[threads]["gemm_peak_gflops"], blocks[threads]["gemm"]
 
+    # profiles with one thread (the per-core work, by phase), else the only regime
+    t_prof = regimes[-1]
     profiles = []
     for cfg in (c for c in suite if c["kind"] == "profile"):
-        res = run(cfg)
+        res = run(cfg, t_prof)
         profiles.append(res)
         log(f"  profiled {cfg['model']} {cfg['rule']}: " + (
             res["error"] if res.get("error") else f"{res['step_s_profiled']:.3f} s/step"))
@@ -297,11 +315,13 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     machine["wall_s"] = time.perf_counter() - t_start
     data = {"machine": machine, "gemm_peak_gflops": peak, "gemm": gemm,
             "records": records, "profiles": profiles, "loader": loader_res,
-            "host_syncs": sync_rows}
-    data["targets"] = evaluate_targets(data)
-    log("targets:")
-    for line in format_targets(data["targets"]):
-        log("  " + line)
+            "host_syncs": sync_rows, "regimes": [blocks[t] for t in regimes]}
+    for t in regimes:
+        blocks[t]["targets"] = evaluate_targets(regime_view(data, blocks[t]))
+        log(f"targets ({t} thread{'s' if t > 1 else ''}):")
+        for line in format_targets(blocks[t]["targets"]):
+            log("  " + line)
+    data["targets"] = blocks[threads]["targets"]
     log(f"load average at the end {machine['load_average_end']}; "
         f"{machine['wall_s']:.0f} s in all")
     if json_path:
@@ -325,11 +345,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="FILE", default=None,
                    help="write the Markdown report (docs/performance.md)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="BLAS/OpenMP/PyTorch threads of every measurement (default: all "
-                        "usable CPUs); on a shared machine prefer a count that leaves "
-                        "cores free")
-    p.add_argument("--rounds", type=int, default=1, metavar="K",
-                   help="repeat the suite K times, keep each configuration's fastest round")
+                   help="threads of the all-core regime: the engine's (minigrad_pfa.cpu), "
+                        "BLAS/OpenMP's and torch.set_num_threads (default: all usable "
+                        "CPUs); a one-thread regime runs too unless --no-one-thread")
+    p.add_argument("--no-one-thread", action="store_true",
+                   help="skip the one-thread regime (measure only --threads)")
+    p.add_argument("--rounds", type=int, default=None, metavar="K",
+                   help="interleaved rounds through the suite, steps pooled over them "
+                        "(default: 3 full, 2 --quick)")
     p.add_argument("--profile", action="store_true",
                    help="also cProfile the engine's ResNet-20 BP and PFA (r = 10) steps")
     p.add_argument("--proposals", action="store_true",
@@ -338,10 +361,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader benchmark")
     p.add_argument("--no-host-syncs", action="store_true",
                    help="skip counting host syncs per step on the CuPy stand-in")
-    p.add_argument("--timer", choices=("wall", "cpu"), default="wall",
-                   help="what the step times measure: wall-clock time (default), or the "
-                        "worker's CPU time, which needs --threads 1 and is robust to other "
-                        "processes sharing the cores (both are recorded either way)")
+    p.add_argument("--timer", choices=("auto", "wall", "cpu"), default="auto",
+                   help="what the step times measure: wall-clock time, or the worker's CPU "
+                        "time, which needs one thread and is robust to other processes "
+                        "sharing the cores (both are recorded either way); auto (default): "
+                        "CPU time in the one-thread regime, wall clock otherwise")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
 
 
@@ -351,9 +375,10 @@ def run_from_args(args) -> int:
                      profile=args.profile, proposals=args.proposals,
                      loader=not args.no_loader,
                      mode="tiny" if args.tiny else None, timer=args.timer,
-                     host_syncs=not args.no_host_syncs)
-    failed = [r for r in data["records"] + data["profiles"] + (data["host_syncs"] or [])
-              if r.get("error")]
+                     host_syncs=not args.no_host_syncs,
+                     one_thread=not args.no_one_thread)
+    failed = [r for r in sum((b["records"] for b in data["regimes"]), []) +
+              data["profiles"] + (data["host_syncs"] or []) if r.get("error")]
     return 1 if failed else 0
 
 

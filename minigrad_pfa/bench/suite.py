@@ -107,26 +107,36 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
     rs, rw = {"full": (5, 2), "quick": (5, 1), "tiny": (5, 1)}[mode]
     ms, mw = {"full": (30, 5), "quick": (15, 3), "tiny": (5, 1)}[mode]
 
-    def R(rule, impl="minigrad", batch=rb, group="resnet"):
+    def R(rule, impl="minigrad", batch=rb, group="resnet", once=False):
         slow = rule in _SLOW or (impl == "torch" and rule != "bp")
-        return step_config(resnet, rule, impl, batch, device, rs, 1 if slow else rw, group)
+        # full mode: the slow ones (seconds a step) time 2 steps a round, 6 over 3 rounds
+        c = step_config(resnet, rule, impl, batch, device,
+                        2 if slow and mode == "full" else rs,
+                        1 if slow else rw, group)
+        return dict(c, once=True) if once else c
 
-    def M(rule, impl="minigrad"):
-        return step_config(mlp, rule, impl, mb, device, ms, mw, "mlp")
+    def M(rule, impl="minigrad", once=False):
+        c = step_config(mlp, rule, impl, mb, device, ms, mw, "mlp")
+        return dict(c, once=True) if once else c
 
     torch = (lambda rules, f: [f(r, "torch") for r in rules]) if torch_ok else \
         (lambda rules, f: [])
     if mode == "full":
+        # every round: what the targets read; 'once' (first round only): the other rules
         cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
-                R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30"), R("pfa-o"),
-                R("fa"), R("usf"), R("dfa"), R("kp")]
-        cfgs += [M(r) for r in ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm",
-                                "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o", "pfa-r10-literal",
-                                "pfa-r10-fast")]
-        cfgs += torch(["bp", "pfa-r10"], M)
+                R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30")]
+        cfgs += [R(r, once=True) for r in ("pfa-o", "fa", "usf", "dfa", "kp")]
+        cfgs += [M("bp"), *torch(["bp"], M)]
+        cfgs += [M(r, once=True) for r in ("fa", "usf", "brsf", "frsf", "dfa", "kp", "wm",
+                                           "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o",
+                                           "pfa-r10-literal", "pfa-r10-fast")]
+        cfgs += torch(["pfa-r10"], lambda r, i: M(r, i, once=True))
         for b in (32, 64, 256):
-            cfgs += [R("bp", batch=b, group="scaling"), R("pfa-r10", batch=b, group="scaling"),
-                     *torch(["bp"], lambda r, i: R(r, i, batch=b, group="scaling"))]
+            once = b == 64  # the targets read batches 32, 128 and 256
+            cfgs += [R("bp", batch=b, group="scaling", once=once),
+                     R("pfa-r10", batch=b, group="scaling", once=True),
+                     *torch(["bp"], lambda r, i: R(r, i, batch=b, group="scaling",
+                                                   once=once))]
     elif mode == "quick":
         cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
                 R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30")]

@@ -124,8 +124,14 @@ def timed_steps(step, sync, warmup: int, steps: int, timer: str = "wall") -> dic
 
 # ------------------------------------------------------------------------ engine side
 def _minigrad_setup(cfg):
-    """(model, layers, optimizer, x, y, sync, geometry) for an engine step configuration."""
+    """(model, layers, optimizer, x, y, sync, geometry) for an engine step configuration.
+
+    Sets the engine's threads to ``cfg["threads"]`` (:func:`minigrad_pfa.cpu.set_threads`:
+    batch shards on that many threads, BLAS single-threaded inside them)."""
     import numpy as np
+
+    from ..cpu import set_threads
+    set_threads(int(cfg["threads"]))
 
     from ..backend import synchronize, to_device
     from ..nn.models import build_model, weight_layers
@@ -157,8 +163,8 @@ def _pfa_orders(layers) -> dict:
 
 
 def _gpu_peak_mb_cupy():
-    from ..backend import cupy_module
-    return cupy_module().get_default_memory_pool().total_bytes() / 2 ** 20
+    from ..backend import device_module  # the CuPy stand-in in tests (reports 0)
+    return device_module().get_default_memory_pool().total_bytes() / 2 ** 20
 
 
 def run_step(cfg) -> dict:
@@ -277,7 +283,21 @@ def run_gemm(cfg) -> dict:
     if impl == "numpy":
         res["blas"] = blas_info()
         res["blas_threads"] = blas_threads()
+        res["blas_pools"] = blas_pools()
     return res
+
+
+def blas_pools() -> list | None:
+    """threadpoolctl's view of the loaded BLAS / OpenMP pools: library, version, threads
+    and the kernel OpenBLAS chose (``architecture``: e.g. Haswell, SkylakeX, Zen), which
+    ``OPENBLAS_CORETYPE`` overrides; None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    keys = ("user_api", "internal_api", "version", "num_threads", "architecture",
+            "threading_layer")
+    return [{k: p.get(k) for k in keys} for p in threadpool_info()]
 
 
 def run_loader(cfg) -> dict:
@@ -309,9 +329,10 @@ def run_profile(cfg) -> dict:
         rows.append({"function": func, "where": f"{_short(path)}:{line}", "ncalls": nc,
                      "tottime_s": tt / cfg["steps"], "cumtime_s": ct / cfg["steps"]})
     rows.sort(key=lambda r: -r["tottime_s"])
+    from .phases import phase_totals
     return {"model": cfg["model"], "rule": cfg["rule"], "batch": cfg["batch"],
             "device": cfg["device"], "steps": cfg["steps"], "step_s_profiled": per_step,
-            "timer": cfg.get("timer", "wall"),
+            "timer": cfg.get("timer", "wall"), "phases": phase_totals(rows),
             "threads": cfg["threads"], "top": rows[:int(cfg.get("top", 20))],
             "load1": load1()}
 

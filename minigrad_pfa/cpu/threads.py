@@ -49,6 +49,32 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+#: environment variable with the default thread count of a run (``grid`` sets it per
+#: child so that ``--jobs`` runs share the cores instead of each taking all of them)
+THREADS_ENV = "MINIGRAD_PFA_THREADS"
+
+#: launcher variables with the number of MPI ranks on this host (MPICH/Hydra, Open MPI)
+_LOCAL_RANK_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE")
+
+
+def default_threads(distributed: bool = False) -> int:
+    """The thread count a run uses when ``--threads`` is not given.
+
+    ``$MINIGRAD_PFA_THREADS`` if set, else the usable cores, divided among the MPI ranks
+    on this host for a ``--distributed`` run (``mpiexec -n 2`` on 2 cores: 1 each).
+    """
+    env = os.environ.get(THREADS_ENV)
+    if env:
+        return check_threads(int(env) if env.strip().isdigit() else env, THREADS_ENV)
+    ranks = 1
+    if distributed:
+        for var in _LOCAL_RANK_VARS:
+            if os.environ.get(var, "").strip().isdigit():
+                ranks = max(1, int(os.environ[var]))
+                break
+    return max(1, usable_cores() // ranks)
+
+
 def check_threads(threads, what: str = "threads") -> int:
     """A thread count as a positive int, or a ValueError naming the setting."""
     try:
