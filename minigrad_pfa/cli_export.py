@@ -56,6 +56,8 @@ def _cmd_export(args):
         print(f"wrote {info['out']}: {info['format']} state dict of {info['tensors']} "
               f"tensors from {info['checkpoint']}")
         return 0
+    if args.prefix:
+        raise ValueError("--prefix applies to --format biotorch / biotorch-fork only")
     from .export import export_checkpoint
 
     info = export_checkpoint(args.checkpoint, args.out, include_feedback=args.include_feedback)

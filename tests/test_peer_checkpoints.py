@@ -254,3 +254,11 @@ def test_cli_export_then_import_round_trip(tmp_path, monkeypatch, capsys):
         np.testing.assert_array_equal(v, b[k])
     with pytest.raises(SystemExit):
         main(["import", pt, "--like", run, "--out", back, "--format", "nope"])
+    capsys.readouterr()
+    assert main(["export", run, "--out", pt, "--prefix", "module."]) == 2   # torch format
+    assert "--prefix applies to --format biotorch" in capsys.readouterr().err
+    state["module.fc.weight_backward"] = state["module.fc.weight_backward"][:, :3]
+    torch.save(state, pt)
+    assert main(["import", pt, "--like", run, "--out", back]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "module.fc.weight_backward: shape" in err
