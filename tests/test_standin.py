@@ -213,3 +213,15 @@ def test_host_syncs_per_step_at_most_one_for_every_rule():
         # counter and key buffers once per layer (3 layers x 2), then use host copies
         assert r["host_syncs_per_step"] <= TARGET, r
         assert r["host_syncs_per_step"] <= (2 + 6) / 60 + 1e-12, r
+
+
+def test_load_state_dict_takes_device_arrays(standin):
+    """A device model's state dict loads into another device model (found by the
+    stand-in: ``numpy.shape`` on device arrays and a CUDA-interface check)."""
+    from minigrad_pfa.nn.models import build_model
+    a = build_model("mlp", seed=0, in_features=8, hidden=(4,)).to("cuda")
+    b = build_model("mlp", seed=1, in_features=8, hidden=(4,)).to("cuda")
+    b.load_state_dict(a.state_dict())
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert device_of(y) == "cuda" and y is not x, k
+        np.testing.assert_array_equal(to_numpy(y), to_numpy(x), err_msg=k)

@@ -252,9 +252,9 @@ class Module:
             raise KeyError(f"state_dict mismatch: missing={missing[:10]}"
                            f"{'...' if len(missing) > 10 else ''} "
                            f"unexpected={unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
-        bad = [f"{k}: shape {tuple(np.shape(state[k]))} does not match the model's "
+        bad = [f"{k}: shape {_shape(state[k])} does not match the model's "
                f"{tuple(v.shape)}" for k, v in own.items()
-               if k in state and tuple(np.shape(state[k])) != tuple(v.shape)]
+               if k in state and _shape(state[k]) != tuple(v.shape)]
         if bad:
             raise ValueError("state_dict shape mismatch: " + "; ".join(bad[:10])
                              + ("..." if len(bad) > 10 else ""))
@@ -270,8 +270,14 @@ class Module:
                     m._buffers[bname] = new[key]
 
 
+def _shape(value) -> tuple:
+    """Shape of an array on any device, or of a nested list / scalar (no host copy)."""
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
+
+
 def _coerce_like(value, like, key: str):
-    value_np = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
+    # device arrays stay where they are (CuPy, or the stand-in, which has no CUDA interface)
+    value_np = value if device_of(value) == "cuda" else np.asarray(value)
     if tuple(value_np.shape) != tuple(like.shape):
         raise ValueError(f"{key}: shape {tuple(value_np.shape)} does not match the "
                          f"model's {tuple(like.shape)}")

@@ -25,6 +25,11 @@ environment variable ``MINIGRAD_PFA_CUPY_STANDIN=1``. While it is on, ``--device
 resolves to the stand-in and :func:`minigrad_pfa.backend.device_description` says so on
 every run; see :mod:`minigrad_pfa.backend`.
 
+Stricter than CuPy on purpose: CuPy forwards some NumPy calls on its arrays to its own
+functions (``__array_function__`` / ``__array_ufunc__``, e.g. ``numpy.shape(D)``); the
+stand-in refuses every one, so engine code names ``xp.<f>`` explicitly and never depends
+on which NumPy functions a CuPy version happens to forward.
+
 What it cannot check: CUDA C kernels (``ElementwiseKernel`` / ``ReductionKernel`` raise
 here; the engine's fused paths use ``cupy.fuse`` on Python functions instead, which the
 stand-in runs eagerly), asynchrony and stream ordering, and GPU rounding (cuBLAS / TF32).
