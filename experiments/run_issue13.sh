@@ -2,8 +2,11 @@
 # Issue 13's runs, one at a time, in the issue's order (cheap E4 MLP points interleaved early),
 # from a frozen code snapshot so that edits to the working tree never reach a running job.
 #
-# usage (from anywhere; resumable: finished runs are skipped, interrupted ones resumed):
-#   setsid nohup experiments/run_issue13.sh > /dev/null 2>&1 &
+# usage (resumable: finished runs are skipped, interrupted ones resumed):
+#   setsid nohup experiments/run_issue13.sh > /dev/null 2>&1 &     # run the queue
+#   experiments/run_issue13.sh --status                            # what is done / running / pending
+# The queue is experiments/issue13_queue.txt: "family[:seed] config" per line, in run order;
+# runs go to results/<family>/<config name>/seed<seed> (seed 0 unless given).
 # environment:
 #   SCI         code snapshot (a git worktree of this repository; default /work/sci;
 #               created at HEAD if missing)
@@ -18,56 +21,44 @@
 # of THIS checkout (configs are read from here too; code from $SCI, via PYTHONSAFEPATH so
 # that the working directory does not shadow it); results/<family>/runlog.txt gets one line
 # per run: config, exit status, wall time, host, code commit, date.
+# Edit this file only by replacing it (write a new file, then mv): a running bash reads its
+# script as it goes, and an in-place edit would change what it reads next.
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
 SCI=${SCI:-/work/sci}
 SCI_REFRESH=${SCI_REFRESH:-/work/coord/sci_refresh}
 PASSES=${PASSES:-2}
-[ -d "$SCI" ] || git -C "$repo" worktree add --detach "$SCI" HEAD || exit 1
+QUEUE_FILE=$repo/experiments/issue13_queue.txt
 
-# family (results/<family>) : config, in run order
-QUEUE="
-f1sf experiments/f1sf/usf_sn.yaml
-e4 experiments/e4/fa_d0.5.yaml
-e4 experiments/e4/dfa_d0.5.yaml
-e4 experiments/e4/sf_d0.5.yaml
-f1sf experiments/f1sf/usf_init.yaml
-e4 experiments/e4/fa_d0.3.yaml
-e4 experiments/e4/dfa_d0.3.yaml
-e4 experiments/e4/sf_d0.3.yaml
-f1sf experiments/f1sf/usf_const.yaml
-e4 experiments/e4/fa_d0.17.yaml
-e4 experiments/e4/dfa_d0.17.yaml
-e4 experiments/e4/sf_d0.17.yaml
-f1sf experiments/f1sf/frsf.yaml
-e4 experiments/e4/dfa_d0.1.yaml
-e4 experiments/e4/sf_d0.1.yaml
-e4 experiments/e4/fa_d0.05.yaml
-e4 experiments/e4/dfa_d0.05.yaml
-e4 experiments/e4/sf_d0.05.yaml
-f1sf experiments/f1sf/brsf.yaml
-f1sf experiments/f1sf/usf_ei.yaml
-f1sf experiments/f1sf/densefa.yaml
-f1sf experiments/f1sf/usf_bm.yaml
-f2 experiments/f2/fa_d0.3.yaml
-f2 experiments/f2/sf_d0.3.yaml
-f2 experiments/f2/pfa_d0.3.yaml
-f2 experiments/f2/fa_d0.1.yaml
-f2 experiments/f2/sf_d0.1.yaml
-f2 experiments/f2/pfa_d0.1.yaml
-e4 experiments/e4/pfa_d0.5.yaml
-e4 experiments/e4/pfa_d0.3.yaml
-e4 experiments/e4/pfa_d0.17.yaml
-e4 experiments/e4/pfa_d0.05.yaml
-e1 experiments/e1/kp.yaml
-f1 experiments/f1/kp.yaml
-f1:1 experiments/f1/bp.yaml
-f1:1 experiments/f1/pfa.yaml
-f1:1 experiments/f1/pfa_o.yaml
-f1:2 experiments/f1/bp.yaml
-f1:2 experiments/f1/pfa.yaml
-f1:2 experiments/f1/pfa_o.yaml
-"
+# "family seed out config name run_dir" per queue line
+entries() {
+  while read -r fam cfg; do
+    [ -n "$cfg" ] || continue
+    case $fam in \#*) continue ;; esac
+    seed=${fam#*:}; fam=${fam%%:*}
+    [ "$seed" = "$fam" ] && seed=0
+    name=$(sed -n 's/^name: //p' "$cfg" 2>/dev/null)
+    echo "$fam $seed results/$fam $cfg ${name:-?} results/$fam/${name:-?}/seed$seed"
+  done < "$QUEUE_FILE"
+}
+
+if [ "$1" = "--status" ]; then
+  entries | while read -r fam seed out cfg name dir; do
+    if [ -f "$dir/results.json" ]; then
+      state=$(python -c "import json,sys; r=json.load(open(sys.argv[1])); \
+print(f\"done      test {r['test_acc']:.2f}%  wall {r['wall_s']/3600:.2f} h\")" "$dir/results.json")
+    elif [ -f "$dir/run.lock" ] || [ -f "$dir/metrics.jsonl" ]; then
+      n=$(grep -vc '"step"' "$dir/metrics.jsonl" 2>/dev/null || echo 0)
+      state="started   $n/$(sed -n 's/^epochs: //p' "$cfg") epochs logged"
+    else
+      state="pending"
+    fi
+    printf '%-48s %s\n' "$dir" "$state"
+  done
+  exit 0
+fi
+
+[ -d "$SCI" ] || git -C "$repo" worktree add --detach "$SCI" HEAD || exit 1
 
 refresh() {
   [ -s "$SCI_REFRESH" ] || return 0
@@ -80,16 +71,10 @@ refresh() {
 }
 
 for pass in $(seq "$PASSES"); do
-  echo "$QUEUE" | while read -r fam cfg; do
-    [ -n "$cfg" ] || continue
+  entries | while read -r fam seed out cfg name dir; do
+    [ -f "$dir/results.json" ] && continue          # complete: nothing to run or log
     refresh
-    seed=${fam#*:}; fam=${fam%%:*}
-    [ "$seed" = "$fam" ] && seed=0
-    out=results/$fam
     mkdir -p "$out"
-    # complete already? (results.json in the run directory): nothing to log
-    name=$(sed -n 's/^name: //p' "$cfg" 2>/dev/null)
-    [ -n "$name" ] && [ -f "$out/$name/seed$seed/results.json" ] && continue
     s=$(date +%s)
     PYTHONSAFEPATH=1 PYTHONPATH="$SCI" OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
       MKL_NUM_THREADS=1 nice -n 19 python -m minigrad_pfa.cli grid "$cfg" --seeds "$seed" \
