@@ -36,6 +36,7 @@ def test_gpu_checks_pass_on_the_standin(standin, tmp_path):
                 ("10 steps float32", rule), ("host syncs", rule)} <= kinds
     assert any("STAND-IN" in line for line in logged)
     assert any("bench: skipped on the CuPy stand-in" in line for line in logged)
+    assert rep["gpu"]["memory_pool_mb"] == 0  # the stand-in allocates with NumPy
 
 
 def test_a_failing_check_makes_the_exit_status_non_zero(standin, monkeypatch):

@@ -198,7 +198,13 @@ def run_gpu_checks(rules=RULES, log=print, bench: bool = True, image: int = 16,
             record(c)
     elif bench:
         log("  bench: skipped on the CuPy stand-in (CPU timings say nothing about a GPU)")
-    return {"checks": checks, "bench_records": records,
+    # CuPy keeps freed blocks in its pool and hands them out again at the next step
+    from ..backend import device_module
+    pool = device_module().get_default_memory_pool()
+    pool_mb = pool.total_bytes() / 2 ** 20
+    log(f"  device memory pool: {pool_mb:.0f} MB held ({pool.used_bytes() / 2 ** 20:.0f} MB "
+        "in use), reused across steps")
+    return {"checks": checks, "bench_records": records, "memory_pool_mb": pool_mb,
             "ok": all(c["ok"] for c in checks)}
 
 
