@@ -5,17 +5,17 @@ shard k = x[a_k:a_{k+1}]. Outputs are allocated like the input (``empty_like`` k
 channels-last layout) and each shard writes its own rows::
 
     ReLU      y[k]  = max(x[k], 0),   mask[k] = x[k] > 0,   dx[k] = dy[k] * mask[k]
-    Linear    y[k]  = x[k] @ W.T,     din[k] = delta[k] @ M,  gW = sum_k delta[k].T @ x[k]
+    GEMM      out[k] = A[k] @ B       (rows of A; :mod:`minigrad_pfa.functional.linear`
+                                       shards the features: A = W, M.T or delta.T)
 
 Each equals its serial reference (:mod:`minigrad_pfa.functional.activation`,
-:mod:`minigrad_pfa.functional.linear`) row for row; gW differs only in the order of the
-partial sums.
+:mod:`minigrad_pfa.functional.linear`) row for row.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .threads import map_shards, sum_shards
+from .threads import map_shards
 
 
 def relu_forward(x):
@@ -39,12 +39,9 @@ def relu_backward(dy, mask):
 
 
 def matmul_rows(a, B):
-    """``a @ B`` for a 2-D ``a`` (n, k), shards of rows; (n, m) C-contiguous."""
+    """``a @ B`` for a 2-D ``a`` (n, k) of any layout, shards of its rows; (n, m)
+    C-contiguous."""
     out = np.empty((a.shape[0], B.shape[1]), dtype=np.result_type(a, B))
     map_shards(lambda sl: np.matmul(a[sl], B, out=out[sl]), a.shape[0])
     return out
 
-
-def matmul_tn(a, b):
-    """``a.T @ b`` for 2-D ``a`` (n, p), ``b`` (n, q): partial sums over row shards."""
-    return sum_shards(lambda sl: a[sl].T @ b[sl], a.shape[0])

@@ -315,17 +315,22 @@ class _ChunkWindows:
             xp.zeros((s, h + 2 * ph, w + 2 * pw, c), dtype=xl.dtype)
         self.col = None if self.identity else \
             xp.empty((s * oh * ow, kh * kw * c), dtype=xl.dtype)
+        # the window view is built once (as_strided costs ~13 us a call, ~1800 calls a
+        # ResNet-20 step): over the reused padded buffer, or over the whole unpadded input
+        self.windows = None if self.identity else kernel_windows(
+            self.xl if self.pad is None else self.pad, kh, kw, oh, ow, stride)
 
     def __call__(self, a: int, m: int):
         src = self.xl[a:a + m]
         if self.identity:
             return src.reshape(-1, src.shape[3])
-        (kh, kw), (oh, ow), (ph, pw) = self.kernel, self.grid, self.padding
+        (oh, ow), (ph, pw) = self.grid, self.padding
         if self.pad is not None:
             h, w = src.shape[1:3]
             self.pad[:m, ph:ph + h, pw:pw + w, :] = src  # the border stays zero
-            src = self.pad[:m]
-        view = kernel_windows(src, kh, kw, oh, ow, self.stride)
+            view = self.windows[:m]
+        else:
+            view = self.windows[a:a + m]
         col = self.col[:m * oh * ow]
         self.xp.copyto(col.reshape(view.shape), view)
         return col

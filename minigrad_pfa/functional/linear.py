@@ -16,14 +16,21 @@ from ..cpu import elementwise as _cpu
 from ..cpu.threads import is_sharded
 
 
-def _sharded(a) -> bool:
-    """NumPy with several engine threads: row shards (:mod:`minigrad_pfa.cpu`)."""
-    return a.ndim == 2 and is_sharded(get_array_module(a), a.shape[0])
+def _sharded(a, features: int) -> bool:
+    """NumPy with several engine threads: feature shards (:mod:`minigrad_pfa.cpu`)."""
+    return a.ndim == 2 and is_sharded(get_array_module(a), features)
 
 
+# Sharded (several CPU threads): each thread computes a block of *features* of the result,
+# reading the whole (small) batch, so no partial sums and no copies: ``y.T = W @ x.T`` by
+# rows of W, ``delta_in.T = M.T @ delta.T`` by columns of M, ``gW = delta.T @ x`` by rows
+# of gW. y and delta_in come back as transposed (Fortran-ordered) views: measured on the
+# MLP 784-512-512-10 at batch 64, batch shards of 32 rows plus the weight gradients'
+# partial sums cost more than they saved (2 threads: 7.7 ms of CPU, 4.9 ms on the calling
+# thread vs 4.7 ms serial).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
-    y = _cpu.matmul_rows(x, W.T) if _sharded(x) else x @ W.T
+    y = _cpu.matmul_rows(W, x.T).T if _sharded(x, W.shape[0]) else x @ W.T
     if b is not None:
         y += b
     return y
@@ -31,12 +38,12 @@ def linear_forward(x, W, b=None):
 
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
-    return _cpu.matmul_rows(delta, M) if _sharded(delta) else delta @ M
+    return _cpu.matmul_rows(M.T, delta.T).T if _sharded(delta, M.shape[1]) else delta @ M
 
 
 def linear_weight_grad(delta, x):
     """``gW = delta.T @ x``; delta (n, out'), x (n, in) -> (out', in)."""
-    return _cpu.matmul_tn(delta, x) if _sharded(delta) else delta.T @ x
+    return _cpu.matmul_rows(delta.T, x) if _sharded(delta, delta.shape[1]) else delta.T @ x
 
 
 def linear_bias_grad(delta):
