@@ -111,7 +111,7 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         slow = rule in _SLOW or (impl == "torch" and rule != "bp")
         # full mode: the slow ones (seconds a step) time 2 steps a round, 6 over 3 rounds
         c = step_config(resnet, rule, impl, batch, device,
-                        2 if slow and mode == "full" else rs,
+                        2 if slow and mode == "full" and not once else rs,
                         1 if slow else rw, group)
         return dict(c, once=True) if once else c
 
@@ -123,7 +123,10 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         (lambda rules, f: [])
     if mode == "full":
         # every round: what the targets read; 'once' (first round only): the other rules
-        cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"), *torch(["pfa-r10"], R),
+        # the published PyTorch PFA (~11 s a step on one core) runs once: its target
+        # (<= 0.25x) was met by a factor 2.5, far outside the run-to-run noise
+        cfgs = [R("bp"), *torch(["bp"], R), R("pfa-r10"),
+                *torch(["pfa-r10"], lambda r, i: R(r, i, once=True)),
                 R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30")]
         cfgs += [R(r, once=True) for r in ("pfa-o", "fa", "usf", "dfa", "kp")]
         cfgs += [M("bp"), *torch(["bp"], M)]
