@@ -14,7 +14,10 @@ sync = one device->host read (``.get()``, ``asnumpy``, ``float``/``int``/``bool`
 
 Target (issue 11): ``host_syncs_per_step <= 1`` for every rule with the metrics at their
 default interval. The trainer reads loss and accuracy once per drain of its pending steps
-(every 50 steps on a device), so S = 60 gives 2 reads / 60 steps. Counting needs no GPU:
+(every 50 steps on a device), so S = 60 gives 2 reads / 60 steps. brSF and WM read their
+counter and key buffers once per run (:mod:`minigrad_pfa.rules.hostcopy`): 2 reads per
+weight layer in the first epoch, none after (ResNet-20: 0.68 and 0.70 per step over a
+60-step first epoch, 0.033 later). Counting needs no GPU:
 the same engine code runs on the stand-in, which counts every crossing.
 """
 from __future__ import annotations
@@ -135,7 +138,13 @@ def markdown_section(rows) -> list[str]:
              "`--device cuda` code and counts every device->host read) over one training "
              "epoch of `minigrad_pfa.train.Trainer` (`minigrad_pfa.bench.host_syncs`); "
              f"target <= {TARGET:g} per step for every rule. Evaluation and metric passes "
-             "run once per epoch and are listed apart.", "",
+             "run once per epoch and are listed apart. Loss and accuracy are read back once "
+             "per 50 steps; brSF and WM read each step-counter and key buffer once per run "
+             "(start or resume; included in the first epoch counted here) and keep host "
+             "copies. brSF's M_t and WM's mirror noise are drawn on the host, so that CPU and "
+             "GPU runs draw the same numbers: their cost is one host->device copy of a "
+             "W-sized (WM: input-sized) array per weight layer and step (the h2d column), "
+             "not a synchronisation.", "",
              "| rule | model | steps | syncs / step | syncs / epoch (eval, metrics) | "
              "host->device / step | met |", "|---|---|---|---|---|---|---|"]
     for r in rows:
