@@ -16,8 +16,9 @@ Target (issue 11): ``host_syncs_per_step <= 1`` for every rule with the metrics 
 default interval. The trainer reads loss and accuracy once per drain of its pending steps
 (every 50 steps on a device), so S = 60 gives 2 reads / 60 steps. brSF and WM read their
 counter and key buffers once per run (:mod:`minigrad_pfa.rules.hostcopy`): 2 reads per
-weight layer in the first epoch, none after (ResNet-20: 0.68 and 0.70 per step over a
-60-step first epoch, 0.033 later). Counting needs no GPU:
+weight layer in the first epoch, none after (ResNet-20, ``python -m
+minigrad_pfa.bench.host_syncs --mode quick``: 0.683 and 0.700 per step over a 60-step
+first epoch; every other rule 0.033). Counting needs no GPU:
 the same engine code runs on the stand-in, which counts every crossing.
 """
 from __future__ import annotations
