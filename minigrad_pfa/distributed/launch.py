@@ -53,6 +53,9 @@ def train_distributed(cfg: dict, out_dir: str, resume: bool = False, progress: b
     group = DataParallel(comm, sync_bn=cfg["distributed"]["sync_bn"])
     scratch = None
     try:
+        # every rank has checked the run directory (the CLI's freshness check) before
+        # rank 0 writes into it
+        comm.barrier("start")
         if comm.rank != 0:
             scratch = tempfile.mkdtemp(prefix=f"minigrad-pfa-rank{comm.rank}-")
         return _train(group, cfg, out_dir, scratch, resume, progress, command)

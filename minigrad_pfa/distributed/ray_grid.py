@@ -36,28 +36,60 @@ def import_ray():
     return ray
 
 
-def run_train_command(cmd: list, log_path: str, env_delta: dict) -> int:
+#: written into a run directory by the driver to stop that run's task (Ctrl-C)
+STOP_FILE = "grid.stop"
+
+
+def _default_sigint():
+    # Ray workers ignore (and their threads block) SIGINT, and both survive exec: the child
+    # gets the default disposition and an unblocked SIGINT back, so Python installs its
+    # KeyboardInterrupt handler and the signal reaches it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def run_train_command(cmd: list, log_path: str, env_delta: dict, cwd: str,
+                      stop_path: str) -> int:
     """Body of a Ray task: run ``cmd`` (a ``minigrad_pfa.cli train`` command, its first word
-    replaced by this worker's Python), its output appended to ``log_path``; on cancellation
-    (KeyboardInterrupt) forward SIGINT to it, then SIGTERM after 60 s. Returns the exit status."""
+    replaced by this worker's Python) in the driver's directory ``cwd``, its output appended
+    to ``log_path``. When ``stop_path`` appears (the driver's Ctrl-C) or the task is
+    cancelled, forward SIGINT to the child (it stops after its last checkpoint), then
+    SIGTERM after 60 s. Returns the child's exit status.
+
+    Why a file and not only ``ray.cancel``: a cancellation reaches a task as an exception
+    in the worker, not as a signal to the child it started; the file (on the filesystem the
+    run directory is on, shared by assumption) reaches the task on any node.
+    """
     import os
     import sys
 
     env = dict(os.environ)
     env.update(env_delta)
     cmd = [sys.executable] + list(cmd[1:])
+    if os.path.exists(stop_path):
+        os.remove(stop_path)  # left by an earlier interrupted grid
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd if os.path.isdir(cwd) else None,
+                                preexec_fn=_default_sigint)
     try:
-        return proc.wait()
+        while not os.path.exists(stop_path):
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            return proc.wait()
+        pass
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        return proc.wait()
+    finally:
+        if os.path.exists(stop_path):
+            os.remove(stop_path)
 
 
 class RayRun:
@@ -65,8 +97,8 @@ class RayRun:
     that :func:`minigrad_pfa.grid.run_grid` uses (``poll``, ``wait``, ``send_signal``,
     ``returncode``)."""
 
-    def __init__(self, ray, ref):
-        self.ray, self.ref = ray, ref
+    def __init__(self, ray, ref, stop_path: str):
+        self.ray, self.ref, self.stop_path = ray, ref, stop_path
         self.returncode = None
         self.error = None
 
@@ -92,9 +124,13 @@ class RayRun:
         return self.returncode
 
     def send_signal(self, sig):
-        # a grid's Ctrl-C: cancel (KeyboardInterrupt inside a running task, which stops its
-        # child; a queued task never starts)
-        self.ray.cancel(self.ref, force=False)
+        # SIGINT (the grid's Ctrl-C): the stop file tells a running task to pass SIGINT to
+        # its child; the cancellation keeps a queued task from starting. Anything stronger
+        # (the grid's last resort, SIGTERM): end the worker process itself
+        if sig == signal.SIGINT:
+            with open(self.stop_path, "w") as fh:
+                fh.write("stop\n")
+        self.ray.cancel(self.ref, force=sig != signal.SIGINT)
 
 
 class RayLauncher:
@@ -124,7 +160,10 @@ class RayLauncher:
         delta = {k: env[k] for k in THREAD_VARS if k in env}
         if env.get("PYTHONPATH"):
             delta["PYTHONPATH"] = env["PYTHONPATH"]
-        return RayRun(self.ray, self.task.remote(list(cmd), run.log, delta))
+        import os
+        stop = os.path.abspath(os.path.join(run.run_dir, STOP_FILE))
+        ref = self.task.remote(list(cmd), os.path.abspath(run.log), delta, os.getcwd(), stop)
+        return RayRun(self.ray, ref, stop)
 
     def cluster_cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 1))
