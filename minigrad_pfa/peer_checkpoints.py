@@ -46,6 +46,7 @@ cannot be expressed, is listed in one :class:`PeerCheckpointError`.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections import OrderedDict
 
@@ -80,11 +81,17 @@ def _torch():
 
 def load_peer_file(path: str) -> "OrderedDict[str, np.ndarray]":
     """A peer ``.pt`` state dict as NumPy arrays, read with ``torch.load(weights_only=True)``."""
+    if not os.path.exists(path):
+        raise PeerCheckpointError(f"peer checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise PeerCheckpointError(f"peer checkpoint {path!r} is a directory, not a .pt file")
     torch = _torch()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PeerCheckpointError(f"peer checkpoint {path!r} does not exist") from None
+    except Exception as exc:  # torch raises several types for a file that is not its own
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PeerCheckpointError(f"peer checkpoint {path!r} is not a PyTorch state dict "
+                                  f"file ({type(exc).__name__}: {first})") from None
     if hasattr(state, "state_dict") and not isinstance(state, dict):
         state = state.state_dict()
     if not isinstance(state, dict):
@@ -95,7 +102,6 @@ def load_peer_file(path: str) -> "OrderedDict[str, np.ndarray]":
 
 def save_peer_file(state, path: str) -> None:
     """Write ``state`` (name -> array) with ``torch.save`` as CPU tensors, atomically."""
-    import os
     torch = _torch()
     tensors = OrderedDict((k, torch.from_numpy(np.array(v, copy=True, order="C")))
                           for k, v in state.items())
@@ -403,12 +409,12 @@ def import_peer_checkpoint(peer: str, like: str, out: str, fmt: str = "biotorch"
     ``like`` and write the result as an engine checkpoint ``out`` (model arrays and
     config; no optimizer state). Returns the import report plus the weight alignment of
     every layer (:func:`~minigrad_pfa.metrics.alignment.weight_alignment`)."""
-    import os
 
     from .checkpoint import pack_state, save_checkpoint
     from .metrics.alignment import weight_alignment
+    state = load_peer_file(peer)             # first: a bad peer file is named as such
     model, meta = model_of_checkpoint(like)
-    report = import_peer_state(model, load_peer_file(peer), fmt, prefix)
+    report = import_peer_state(model, state, fmt, prefix)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_checkpoint(out, pack_state(model), {"config": meta["config"],
                                              "imported_from": os.path.abspath(peer),

@@ -19,6 +19,8 @@ from minigrad_pfa.rules import attach_rules
 torch = pytest.importorskip("torch", reason="peer checkpoints are PyTorch files: "
                                             "pip install torch==2.13.0")
 nn = torch.nn
+#: BioTorch's DFA layers use a deprecated non-full backward hook (torch warns; documented)
+pytestmark = pytest.mark.filterwarnings("ignore:Using a non-full backward hook:FutureWarning")
 
 MODES = {"fa": "fa", "dfa": "dfa", "usf": "usf", "brsf": "brsf", "frsf": "frsf",
          "backpropagation": "bp"}
@@ -163,7 +165,7 @@ def test_wrong_values_are_named():
         import_peer_state(engine_net("usf"), state, "biotorch")
 
 
-def test_missing_torch_names_the_install(monkeypatch):
+def test_missing_torch_names_the_install(monkeypatch, tmp_path):
     import builtins
     real = builtins.__import__
 
@@ -172,8 +174,21 @@ def test_missing_torch_names_the_install(monkeypatch):
             raise ImportError("no torch")
         return real(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_torch)
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"not read")
     with pytest.raises(PeerCheckpointError, match=r"pip install torch==2\.13\.0"):
-        load_peer_file("x.pt")
+        load_peer_file(str(path))
+    with pytest.raises(PeerCheckpointError, match=r"pip install torch==2\.13\.0"):
+        save_peer_file({}, str(tmp_path / "y.pt"))
+
+
+def test_a_file_that_is_not_a_state_dict_is_named(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(PeerCheckpointError, match="junk.pt.*is not a PyTorch state dict"):
+        load_peer_file(str(path))
+    with pytest.raises(PeerCheckpointError, match="is a directory"):
+        load_peer_file(str(tmp_path))
 
 
 # ------------------------------------------------------------------ the fork's naming
