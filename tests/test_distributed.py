@@ -63,6 +63,54 @@ def test_shard_bounds_partition_the_batch_in_rank_order():
             assert max(sizes) - min(sizes) <= 1
 
 
+def _loaders(n=20, batch=8, **kw):
+    from types import SimpleNamespace
+
+    from minigrad_pfa.data.dataset import ArrayDataset
+    from minigrad_pfa.data.loader import DataLoader
+    from minigrad_pfa.distributed.parallel import ShardedLoader
+
+    ds = ArrayDataset(np.arange(n, dtype=np.uint8).reshape(n, 1), np.arange(n))
+    base = DataLoader(ds, batch, shuffle=True, seed=3, prefetch=0, **kw)
+    group = lambda r, s: SimpleNamespace(rank=r, size=s, combine_totals=None)  # noqa: E731
+    return base, lambda r, s, even=True: ShardedLoader(base, group(r, s), even=even)
+
+
+def test_sharded_loader_splits_every_global_batch_in_rank_order():
+    base, shard = _loaders(n=24, batch=8)
+    base.set_epoch(2)
+    whole = [y for _, y in base]
+    parts = []
+    for r in range(2):
+        loader = shard(r, 2)
+        loader.set_epoch(2)
+        parts.append([y for _, y in loader])
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 3
+    for b, y in enumerate(whole):
+        assert np.array_equal(np.concatenate([parts[0][b], parts[1][b]]), y)
+    # per-rank augmentation streams: deterministic, different between ranks
+    a0, a1 = shard(0, 2).batch_rng(2, 1).random(4), shard(1, 2).batch_rng(2, 1).random(4)
+    assert np.array_equal(a0, shard(0, 2).batch_rng(2, 1).random(4))
+    assert not np.array_equal(a0, a1)
+
+
+def test_sharded_loader_refuses_batches_that_do_not_divide():
+    _, shard = _loaders(n=24, batch=9)
+    with pytest.raises(ValueError, match="data.batch_size 9 .* does not divide over 2 ranks"):
+        shard(0, 2)
+    _, shard = _loaders(n=20, batch=6)          # last batch: 2 examples over 3 ranks
+    with pytest.raises(ValueError, match="last batch of every epoch has 2 examples"):
+        shard(1, 3)
+    _, shard = _loaders(n=20, batch=8, drop_last=True)
+    assert len(shard(1, 2)) == 2
+
+
+def test_uneven_evaluation_shards_cover_every_example_once():
+    base, shard = _loaders(n=7, batch=4)
+    seen = np.concatenate([y for r in range(3) for _, y in shard(r, 3, even=False)])
+    assert sorted(seen.tolist()) == list(range(7))
+
+
 # ---------------------------------------------------------------- equivalence
 @needs_mpi
 def test_two_ranks_with_sync_bn_equal_one_process(tmp_path):

@@ -68,6 +68,8 @@ def train_distributed(cfg: dict, out_dir: str, resume: bool = False, progress: b
         code = 2 if isinstance(exc, (ValueError, FileNotFoundError)) else 3
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
             f"{type(exc).__name__}: {exc}"
+        if scratch is not None:  # name the run directory, not this rank's scratch copy
+            what = what.replace(scratch, out_dir)
         comm.abort(f"{what} (ending every rank)", code=code)
         raise  # pragma: no cover - Abort does not return
     finally:
