@@ -327,3 +327,18 @@ def test_pooled_rounds_median_iqr_and_regime_targets():
     assert "## 1 thread (issue 6's targets)" in text
     assert "ResNet-20 BP step / PyTorch BP step, batch 256 | 2 | <= 1.3 | **no**" in text
     assert "ResNet-20 BP step / PyTorch BP step | 1.5 | <= 2 | yes" in text
+
+
+def test_all_core_targets_undecided_on_contended_cores():
+    """Wall-clock ratios measured while the load average exceeds 1.5x the cores decide
+    nothing: met is None and the detail says why; a quiet run decides."""
+    recs = [_rec("mlp", "bp", "minigrad", 64, 0.004, load1=2.5),
+            _rec("mlp", "bp", "torch", 64, 0.005, load1=2.9)]
+    machine = {"mode": "full", "device_kind": "cpu", "threads": 2, "cpus_usable": 2}
+    t = {x["key"]: x for x in evaluate_targets({"machine": machine, "records": recs})}
+    assert t["mlp_bp_vs_torch"]["met"] is True and t["mlp_bp_vs_torch"]["value"] == 0.8
+    recs[1]["load1"] = 3.1
+    t = {x["key"]: x for x in evaluate_targets({"machine": machine, "records": recs})}
+    assert t["mlp_bp_vs_torch"]["met"] is None
+    assert "undecided: load average up to 3.1 on 2 usable cores" in \
+        t["mlp_bp_vs_torch"]["detail"]

@@ -240,13 +240,25 @@ def render(data: dict, json_name: str = "") -> str:
                   "to read.", ""]
 
     for b in _regimes(data):
-        lines += _regime_sections(regime_view(data, b), b)
+        lines += _regime_sections(regime_view(data, b))
     lines += _proposal_section(data)
     lines += _loader_section(data.get("loader"))
     lines += _profile_section(data.get("profiles"))
     lines += host_sync_section(data.get("host_syncs"))
     lines += gpu_section(data["records"])
     lines += ["## How the figures are made", "",
+              "- **Regimes**: *all usable cores* runs the engine with that many threads "
+              "(`minigrad_pfa.cpu`: each operation's batch split into shards on a thread "
+              "pool, BLAS single-threaded inside each shard) against PyTorch with "
+              "`torch.set_num_threads` of the same count, on the wall clock; *one thread* "
+              "is the per-core efficiency, on the worker's CPU time. The GEMM peak of a "
+              "regime is NumPy's BLAS with that many threads.",
+              "- **BLAS kernel**: `OPENBLAS_CORETYPE` / `OPENBLAS_L2_SIZE` (set on some "
+              "machines for old OpenBLAS builds) force a kernel and cache model that can "
+              "slow a current NumPy; the machine table records them and the kernel "
+              "threadpoolctl reports. Benchmark with both unset "
+              "(`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minigrad-pfa bench ...`); "
+              "never change them in tests or CI.",
               "- **Step**: forward, softmax cross-entropy, backward (the rule's error "
               "signals and feedback gradients), SGD (momentum 0.9, weight decay 5e-4) and "
               "the rule's hooks: `minigrad_pfa.train.train_step`, on synthetic in-memory "
@@ -282,7 +294,7 @@ def _regimes(data) -> list[dict]:
                                      "targets": data.get("targets")}]
 
 
-def _regime_sections(data, block) -> list[str]:
+def _regime_sections(data) -> list[str]:
     """Targets, the ResNet-20 and MLP tables and the batch scaling of one regime."""
     m = data["machine"]
     mode = m.get("mode", "full")
@@ -292,7 +304,7 @@ def _regime_sections(data, block) -> list[str]:
     title = (f"All usable cores: {t} threads (issue 14's targets)" if many else
              f"{t} thread{'s' if t > 1 else ''} (issue 6's targets)")
     lines = [f"## {title}", ""]
-    targets = block.get("targets") or evaluate_targets(data)
+    targets = evaluate_targets(data)  # re-evaluated: the current rules on the stored records
     trows = []
     for x in targets:
         v = "-" if x["value"] is None else (f"{x['value']:.0f}" if x["target"] > 100 else
