@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from .backend import check_device, get_array_module, to_numpy
+from .backend import check_device, device_description, get_array_module, to_numpy
 from . import rundir
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, resolve_config
@@ -531,6 +531,8 @@ class Trainer:
                    "test_loss": test_loss, "test_acc": test_acc,
                    "epochs": self.cfg["epochs"], "wall_s": self.wall_before,
                    "device": self.device, "data": self.data.description,
+                   # names the GPU, or says plainly that the test-only CuPy stand-in ran
+                   "device_detail": device_description(self.device),
                    "machine": machine_description(), "commands": self.commands,
                    "run_id": self.run_id}
         tmp = self.paths.results + ".tmp"
