@@ -163,7 +163,7 @@ def test_training_on_the_standin_matches_numpy(standin, small_data, tmp_path, mo
     run up to float64 rounding."""
     ref = _fit(_cfg(model, rule, "cpu"), tmp_path / "cpu")
     got = _fit(_cfg(model, rule, "cuda"), tmp_path / "cuda")
-    assert got["device"] == "cuda"
+    assert got["device"] == "cuda" and "STAND-IN" in got["device_detail"]
     assert got["test_acc"] == ref["test_acc"]
     assert got["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-9)
     for a, b in zip(_metrics(tmp_path / "cpu"), _metrics(tmp_path / "cuda")):
