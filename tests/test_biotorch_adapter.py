@@ -206,3 +206,18 @@ def test_brsf_kaiming_mode_is_broken_in_biotorch(kind):
     x = torch.randn(2, 4) if kind == "Linear" else torch.randn(1, 2, 5, 5)
     with pytest.raises(NameError, match="init"):
         layer(x)
+
+
+def test_brsf_float32_draw_in_float64_models(entries):
+    """Without the adapter's default-dtype setting, BioTorch rounds brSF's draw to float32
+    in float64 models: those cases fail at about 1e-8 relative, float32 cases still pass."""
+    brsf = [e for e in entries if e.case.rule == "brsf" and e.case.kind == "layer"
+            and e.case.options["norm"] is None and e.case.options["feedback_density"] == 1.0]
+    report = run(BioTorchAdapter(match_dtype=False), brsf, quiet=True)
+    for r in report.results:
+        if r.dtype == "float32":
+            assert r.status == "pass", r.summary
+        else:
+            assert r.status == "fail" and "forward ok, input error differs" in r.summary
+            rel = next(q.max_rel for q in r.quantities if q.name == "grad_input")
+            assert 1e-9 < rel < 1e-6, rel

@@ -87,12 +87,12 @@ def out(t) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: str):
-    """Run with torch's default dtype set to the case's: BioTorch allocates brSF's draw
-    with ``torch.Tensor(size)``, i.e. in the default dtype (float32), even in a float64
-    model, which rounds ``M_t`` to float32."""
+def default_dtype(dtype: str | None):
+    """Run with torch's default dtype set to the case's (None: unchanged): BioTorch
+    allocates brSF's draw with ``torch.Tensor(size)``, i.e. in the default dtype (float32),
+    even in a float64 model, which rounds ``M_t`` to float32."""
     before = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, dtype))
+    torch.set_default_dtype(getattr(torch, dtype) if dtype else before)
     try:
         yield
     finally:
@@ -177,14 +177,18 @@ class BioTorchAdapter:
     constrain_weights : bool
         Run ``const`` cases through BioTorch's ``constrain_weights`` option instead of
         skipping them (they fail: see docs/crosscheck.md).
+    match_dtype : bool
+        Run BioTorch with torch's default dtype set to the case's, so that brSF's draw is
+        made in the model's precision (False: BioTorch's float32 draw in float64 models).
     """
 
     name = "biotorch-0.0.16"
     kinds = ("layer", "trajectory", "module", "network")
     rules = RULES
 
-    def __init__(self, constrain_weights: bool = False):
+    def __init__(self, constrain_weights: bool = False, match_dtype: bool = True):
         self.constrain_weights = constrain_weights
+        self.match_dtype = match_dtype
         self._bt = None
 
     @property
@@ -217,7 +221,7 @@ class BioTorchAdapter:
         if e is not None:
             layer.loss_gradient = T(e)
         x = T(x, requires_grad=True)
-        with injected_draws({} if M_t is None else {layer: M_t}), default_dtype(case.dtype):
+        with injected_draws({} if M_t is None else {layer: M_t}), default_dtype(case.dtype if self.match_dtype else None):
             y = layer(x)
         y.backward(T(grad_output))
         return y, x
@@ -304,7 +308,7 @@ class BioTorchAdapter:
             for m in inner.modules():
                 m.loss_gradient = T(a["output_error"])
         x = T(a["x"], requires_grad=True)
-        with injected_draws(draws), default_dtype(case.dtype):
+        with injected_draws(draws), default_dtype(case.dtype if self.match_dtype else None):
             y = inner(x)
         y.backward(T(a["grad_output"]))
         res = {"output": out(y), "grad_input": out(x.grad)}
@@ -316,7 +320,7 @@ class BioTorchAdapter:
         model = _mlp(s) if s["model"] == "mlp" else _resnet(s)
         net, draws, params = self._converted(case, model)
         x, labels = T(a["x"]), torch.from_numpy(np.array(a["labels"]))
-        with injected_draws(draws), default_dtype(case.dtype):
+        with injected_draws(draws), default_dtype(case.dtype if self.match_dtype else None):
             logits = (net(x, labels, F.cross_entropy) if case.rule == "dfa" else net(x))
         loss = F.cross_entropy(logits, labels)
         loss.backward()
