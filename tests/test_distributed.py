@@ -204,6 +204,28 @@ def test_resume_of_a_two_rank_run_equals_the_uninterrupted_run(tmp_path):
 
 
 @needs_mpi
+def test_per_rank_batchnorm_statistics_are_made_rank_0s_at_each_epoch_end(tmp_path):
+    # without sync_bn each rank's running statistics follow its own shard; the epoch-end
+    # copy from rank 0 is what lets the state check (a digest of every buffer) pass
+    cfg = write_cfg(tmp_path, epochs=1, dtype="float32",
+                    model={"name": "resnet20", "num_classes": 10},
+                    data={"name": "synthetic-images", "batch_size": 16, "val_size": 16,
+                          "limit_train": 32, "prefetch": 0, "eval_batch_size": 16,
+                          "normalize": "train_stats"},
+                    distributed={"sync_bn": False})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = tmp_path / "run"
+    proc, _ = mpiexec(2, train_args(cfg, run), env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["distributed"]["sync_bn"] is False
+    arrays, _ = load_checkpoint(str(run / "latest.npz"))
+    assert int(arrays["model/bn1.num_batches_tracked"]) == 2
+    assert list(scratch.iterdir()) == []          # the other rank's scratch copy is gone
+
+
+@needs_mpi
 def test_a_batch_that_does_not_divide_over_the_ranks_is_a_clear_error(tmp_path):
     cfg = write_cfg(tmp_path, data={"name": "synthetic-mlp", "batch_size": 33,
                                     "normalize": "none", "flatten": True, "limit_train": 256})
