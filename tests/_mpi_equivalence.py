@@ -5,6 +5,10 @@ For every case, every rank trains a model 5 steps on its shard of the same globa
 model in one process on the whole batches (the single-process path, no communicator) and
 compares every state array. Rank 0 writes ``{case: max relative difference}`` as JSON to
 ``sys.argv[1]``. Helper of tests/test_distributed.py (not collected by pytest).
+
+``sys.argv[2] == "cuda"`` (with ``MINIGRAD_PFA_CUPY_STANDIN=1``): the same on the CuPy
+stand-in's device arrays, all-reduced through the host (:class:`HostStaged`, in place of
+NCCL, which needs a GPU): the device code path of the data-parallel step minus NCCL.
 """
 import json
 import sys
@@ -17,10 +21,29 @@ from minigrad_pfa.nn.models import build_model, finalize, init_model, weight_lay
 from minigrad_pfa.nn.resnet import CifarResNet
 from minigrad_pfa.optim import build_optimizer
 from minigrad_pfa.rules import attach_rules
-from minigrad_pfa.backend import to_numpy
+from minigrad_pfa.backend import to_device, to_numpy
 from minigrad_pfa.train import train_step
 
 STEPS, N_BATCH = 5, 8
+DEVICE = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+
+
+class HostStaged:
+    """Device buffers summed through the host over MPI (stands in for NCCL in this test)."""
+
+    def __init__(self, mpi):
+        self.mpi, self.rank, self.size, self.backend = mpi, mpi.rank, mpi.size, "host-staged"
+
+    def allreduce_sum(self, buf, what="all-reduce"):
+        if isinstance(buf, np.ndarray):
+            return self.mpi.allreduce_sum(buf, what)
+        host = np.ascontiguousarray(to_numpy(buf))
+        self.mpi.allreduce_sum(host, what)
+        buf[...] = to_device(host, DEVICE)
+        return buf
+
+    def __getattr__(self, name):  # broadcast, allgather, barrier, abort
+        return getattr(self.mpi, name)
 SHAPES = {"mlp": (20,), "resnet": (3, 8, 8)}
 
 
@@ -30,14 +53,14 @@ def make_model(kind, dtype, spec):
     else:
         model = init_model(finalize(CifarResNet(depth=8, widths=(4, 8, 16), dtype=dtype)), 0)
     attach_rules(model, spec, seed=0, input_shape=SHAPES[kind])
-    return model
+    return model.to(DEVICE)
 
 
 def batches(kind, dtype):
     for step in range(STEPS):
         rng = np.random.default_rng([11, step])
         x = rng.standard_normal((N_BATCH,) + SHAPES[kind]).astype(dtype)
-        yield x, rng.integers(0, 10, N_BATCH)
+        yield to_device(x, DEVICE), to_device(rng.integers(0, 10, N_BATCH), DEVICE)
 
 
 def train(kind, dtype, spec, group=None):
@@ -68,11 +91,16 @@ def max_rel(a, b):
 def main(out):
     comm = MPICommunicator(timeout_s=120)
     results = {}
-    cases = [(kind, rule, dtype, True)
-             for kind in ("mlp", "resnet") for dtype in ("float64", "float32")
-             for rule in ("bp", "fa", "dfa", "usf", "kp", "pfa")]
-    cases += [("resnet", {"name": "wm", "mirror_batch": N_BATCH}, "float64", True),
-              ("resnet", "bp", "float64", False)]  # control: per-rank BN statistics differ
+    if DEVICE == "cuda":
+        comm = HostStaged(comm)
+        cases = [(kind, rule, "float64", True) for kind in ("mlp", "resnet")
+                 for rule in ("bp", "dfa", "kp", "pfa")]
+    else:
+        cases = [(kind, rule, dtype, True)
+                 for kind in ("mlp", "resnet") for dtype in ("float64", "float32")
+                 for rule in ("bp", "fa", "dfa", "usf", "kp", "pfa")]
+        cases += [("resnet", {"name": "wm", "mirror_batch": N_BATCH}, "float64", True),
+                  ("resnet", "bp", "float64", False)]  # control: per-rank BN statistics
     for kind, spec, dtype, sync in cases:
         group = DataParallel(comm, sync_bn=sync)
         dist = train(kind, dtype, spec, group)

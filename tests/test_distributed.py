@@ -7,6 +7,7 @@
   uninterrupted one; rank 0 alone writes; the run directory records N;
 * a rank that is killed, raises or hangs ends every rank with a clear message within the
   collective timeout, leaving the last checkpoint loadable;
+* the same step on the CuPy stand-in's device arrays (all-reduced through the host);
 * sharding and selection logic without MPI.
 
 Skipped with the reason when mpi4py or mpiexec is absent.
@@ -125,6 +126,19 @@ def test_two_ranks_with_sync_bn_equal_one_process(tmp_path):
     assert res["resnet/wm/float64/sync_bn"] <= 1e-10
     # the control: per-rank BatchNorm statistics are another computation
     assert res["resnet/bp/float64/local_bn"] > 1e-3
+
+
+@needs_mpi
+def test_device_arrays_on_the_cupy_standin_equal_one_process(tmp_path):
+    # the GPU code path of the step (device buffers, BN sums, sharded device batches) on
+    # the strict CPU stand-in of CuPy; the sums go through the host instead of NCCL
+    pytest.importorskip("minigrad_pfa.standin", reason="the CuPy stand-in is absent")
+    out = tmp_path / "eq.json"
+    proc, _ = mpiexec(2, [os.path.join(HERE, "_mpi_equivalence.py"), str(out), "cuda"],
+                      env={"MINIGRAD_PFA_CUPY_STANDIN": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res) == 8 and max(res.values()) <= 1e-10, res
 
 
 # ---------------------------------------------------------------- CLI runs
