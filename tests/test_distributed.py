@@ -64,14 +64,21 @@ def test_shard_bounds_partition_the_batch_in_rank_order():
             assert max(sizes) - min(sizes) <= 1
 
 
-def _loaders(n=20, batch=8, **kw):
+def _loaders(n=20, batch=8, images=False, **kw):
     from types import SimpleNamespace
 
+    from minigrad_pfa.data import transforms as T
     from minigrad_pfa.data.dataset import ArrayDataset
     from minigrad_pfa.data.loader import DataLoader
     from minigrad_pfa.distributed.parallel import ShardedLoader
 
-    ds = ArrayDataset(np.arange(n, dtype=np.uint8).reshape(n, 1), np.arange(n))
+    if images:  # random crops and flips: the augmentation draws matter
+        x = np.random.default_rng(0).integers(0, 255, (n, 2, 6, 6), dtype=np.uint8)
+        kw["transform"] = T.Compose([T.RandomCrop(6, 2), T.RandomHorizontalFlip(),
+                                     T.ToFloat()])
+    else:
+        x = np.arange(n, dtype=np.uint8).reshape(n, 1)
+    ds = ArrayDataset(x, np.arange(n))
     base = DataLoader(ds, batch, shuffle=True, seed=3, prefetch=0, **kw)
     group = lambda r, s: SimpleNamespace(rank=r, size=s, combine_totals=None)  # noqa: E731
     return base, lambda r, s, even=True: ShardedLoader(base, group(r, s), even=even)
@@ -89,10 +96,31 @@ def test_sharded_loader_splits_every_global_batch_in_rank_order():
     assert len(parts[0]) == len(parts[1]) == len(whole) == 3
     for b, y in enumerate(whole):
         assert np.array_equal(np.concatenate([parts[0][b], parts[1][b]]), y)
-    # per-rank augmentation streams: deterministic, different between ranks
+    # per-rank augmentation streams (image folders): deterministic, different between ranks
     a0, a1 = shard(0, 2).batch_rng(2, 1).random(4), shard(1, 2).batch_rng(2, 1).random(4)
     assert np.array_equal(a0, shard(0, 2).batch_rng(2, 1).random(4))
     assert not np.array_equal(a0, a1)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_in_memory_shards_are_the_rows_of_one_process_augmented_batch(prefetch):
+    base, shard = _loaders(n=24, batch=8, images=True)
+    base.prefetch = prefetch
+    base.set_epoch(1)
+    whole = [x for x, _ in base]
+    parts = []
+    for r in range(2):
+        loader = shard(r, 2)
+        assert loader.sliced
+        loader.set_epoch(1)
+        parts.append([x for x, _ in loader])
+    for b, x in enumerate(whole):
+        assert np.array_equal(np.concatenate([parts[0][b], parts[1][b]]), x)
+    # not vacuous: a shard augmented on its own (its own draws) is another batch
+    own = shard(1, 2)
+    own.sliced = False
+    own.set_epoch(1)
+    assert not all(np.array_equal(a, b) for (a, _), b in zip(own, parts[1]))
 
 
 def test_sharded_loader_refuses_batches_that_do_not_divide():

@@ -130,10 +130,17 @@ class DataLoader:
     def make_batch(self, epoch: int, b: int, idx):
         """Batch ``b`` of ``epoch`` (a pure function of seed, epoch, b and ``idx``)."""
         rng = self.batch_rng(epoch, b)
+        return self.device_batch(*self.host_batch(idx, rng), rng)
+
+    def host_batch(self, idx, rng):
+        """Images (host array) and labels of ``idx``, the host part of the transform applied."""
         x, y = self.dataset.get_batch(idx)
         if self._host_tf is not None:
             x = self._host_tf(x, rng)
-        x = as_array(x)  # image-folder batches: a crop must have made the sizes equal
+        return as_array(x), y  # image-folder batches: a crop must have made the sizes equal
+
+    def device_batch(self, x, y, rng):
+        """A host batch sent to the device, the device part of the transform applied."""
         x = to_device(x, self.device)
         y = to_device(np.ascontiguousarray(y, dtype=np.int64), self.device)
         if self._dev_tf is not None and self._dev_tf.transforms:

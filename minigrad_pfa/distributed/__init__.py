@@ -38,8 +38,9 @@ What couples samples, and how it is kept equal:
   sqrt(N) times noisier than one process's. Set the rule option ``mirror_batch: n`` and
   the N-rank run draws exactly one process's noise (same stream, same size): the same
   computation, the mirror done redundantly on every rank.
-* Augmentation: drawn per (seed, epoch, batch, rank, N); with augmentation the N-rank run
-  sees other (identically distributed) crops and flips than one process.
+* Augmentation: for in-memory datasets every rank augments the whole global batch with one
+  process's stream and keeps its rows (the same crops and flips as one process); image
+  folders draw per (seed, epoch, batch, rank, N) (identically distributed, not the same).
 
 Not synchronised: the host random streams of the data order (a function of the seed and the
 epoch, the same on every rank), the metrics (every rank computes them on its identical

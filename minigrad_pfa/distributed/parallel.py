@@ -154,10 +154,18 @@ class ShardedLoader(DataLoader):
     :func:`shard_bounds` of it. With ``even`` (training) every batch must split into equal
     shards, checked here; evaluation loaders split unevenly and skip empty shards.
 
-    Augmentation draws from ``[seed, e, 1, b, rank + 1, N]`` (one process:
-    ``[seed, e, 1, b]``): deterministic per (seed, rank), independent across ranks, but not
-    the draws one process makes for the same images. ``on_epoch_end`` runs when an epoch's
-    iteration is exhausted (the trainer synchronises buffers there, before evaluating).
+    Augmentation of a training batch (``even``):
+
+    * in-memory datasets (MNIST, CIFAR, ...): every rank augments the whole global batch on
+      the host with one process's stream ``[seed, e, 1, b]`` and keeps its rows, so the
+      shards are exactly the rows one process trains on (host work N times over: a few ms
+      per step for CIFAR-sized batches, against a step of ~1 s);
+    * image folders (ImageNet; decoding every image on every rank would cost N times the
+      loading): each rank augments its own shard from ``[seed, e, 1, b, rank + 1, N]``,
+      deterministic per (seed, rank) but not one process's draws.
+
+    ``on_epoch_end`` runs when an epoch's iteration is exhausted (the trainer synchronises
+    buffers there, before evaluating).
     """
 
     def __init__(self, base: DataLoader, group: DataParallel, even: bool = True,
@@ -167,6 +175,9 @@ class ShardedLoader(DataLoader):
         self.even = bool(even)
         self.on_epoch_end = on_epoch_end
         self.combine_totals = group.combine_totals
+        from ..data.imagefolder import ImageFolderDataset
+        #: slice one process's augmented global batch (module docstring) or draw per rank
+        self.sliced = self.even and not isinstance(self.dataset, ImageFolderDataset)
         if self.even:
             self._check_divides()
 
@@ -184,7 +195,7 @@ class ShardedLoader(DataLoader):
     def batch_indices(self, epoch: int) -> list:
         order, bs = self.order(epoch), self.batch_size
         whole = [order[i:i + bs] for i in range(0, DataLoader.__len__(self) * bs, bs)]
-        out, self._global_b = [], []
+        out, self._global_b, self._whole = [], [], whole
         for b, idx in enumerate(whole):
             lo, hi = shard_bounds(len(idx), self.rank, self.world)
             if hi > lo:
@@ -201,7 +212,14 @@ class ShardedLoader(DataLoader):
         return _rng(self.seed, epoch, 1, b, self.rank + 1, self.world)
 
     def make_batch(self, epoch: int, b: int, idx):
-        return DataLoader.make_batch(self, epoch, self._global_b[b], idx)
+        gb = self._global_b[b]
+        if not self.sliced:
+            return DataLoader.make_batch(self, epoch, gb, idx)
+        rng = DataLoader.batch_rng(self, epoch, gb)          # one process's stream
+        whole = self._whole[gb]
+        x, y = self.host_batch(whole, rng)
+        lo, hi = shard_bounds(len(whole), self.rank, self.world)
+        return self.device_batch(x[lo:hi], y[lo:hi], rng)
 
     def __iter__(self):
         it = DataLoader.__iter__(self)
