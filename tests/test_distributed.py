@@ -268,6 +268,29 @@ def test_per_rank_batchnorm_statistics_are_made_rank_0s_at_each_epoch_end(tmp_pa
 
 
 @needs_mpi
+def test_two_ranks_with_sync_bn_and_augmentation_equal_one_rank_end_to_end(tmp_path):
+    # `train --distributed` on a BN network with random crops and flips: N=2 and N=1 train
+    # the same rows with the same statistics, so the runs agree up to float rounding
+    cfg = write_cfg(tmp_path, epochs=1, model={"name": "resnet20", "num_classes": 10},
+                    data={"name": "synthetic-images", "batch_size": 16, "limit_train": 32,
+                          "prefetch": 0, "eval_batch_size": 16, "normalize": "train_stats",
+                          "augment": "crop_flip"},
+                    eval={"select_on": "final"})
+    runs = {}
+    for n in (2, 1):
+        runs[n] = tmp_path / f"n{n}"
+        proc, _ = mpiexec(n, train_args(cfg, runs[n]))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    x2, _ = load_checkpoint(str(runs[2] / "latest.npz"))
+    x1, _ = load_checkpoint(str(runs[1] / "latest.npz"))
+    for k in x1:
+        if np.asarray(x1[k]).dtype.kind == "f":
+            np.testing.assert_allclose(x2[k], x1[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    r2, r1 = (json.loads((runs[n] / "results.json").read_text()) for n in (2, 1))
+    assert r2["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-9)
+
+
+@needs_mpi
 def test_a_batch_that_does_not_divide_over_the_ranks_is_a_clear_error(tmp_path):
     cfg = write_cfg(tmp_path, data={"name": "synthetic-mlp", "batch_size": 33,
                                     "normalize": "none", "flatten": True, "limit_train": 256})
