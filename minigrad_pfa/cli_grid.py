@@ -45,6 +45,9 @@ def _cmd_grid(args):
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.address and args.backend != "ray":
         raise ValueError("--address is for --backend ray")
+    if args.backend == "ray" and args.jobs != 1:
+        raise ValueError("--jobs is for the local backend; with --backend ray every run is "
+                         "submitted at once and Ray places them by --threads (CPUs per run)")
     runs = plan_grid(args.configs, args.seeds, args.overrides, args.out, args.device)
     if args.dry_run:
         for run in runs:
