@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional import batchnorm as _ref  # the serial reference (check_count)
-from .threads import map_shards
+from .threads import map_shards, sum_shards
 
 
 def _colsum(F, r, G=None):
@@ -34,13 +34,6 @@ def _colsum(F, r, G=None):
 def _fold(v, r):
     """(r*c,) position sums -> (c,) channel sums."""
     return v.reshape(r, -1).sum(axis=0)
-
-
-def _add(parts):
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
 
 
 def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
@@ -54,7 +47,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
     """
     g = F.shape[0]
     m = g * r
-    s = _fold(_add(map_shards(lambda sl: _colsum(F[sl], r), g)), r)
+    s = _fold(sum_shards(lambda sl: _colsum(F[sl], r), g), r)
     if reduce is not None:
         s = reduce(np.concatenate([s, np.full((1,), m, dtype=s.dtype)]))
         s, m = s[:-1], int(round(float(s[-1])))
@@ -67,7 +60,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
         np.subtract(F[sl], mean_t, out=xc[sl])
         return _colsum(xc[sl], r, xc[sl])
 
-    sq = _fold(_add(map_shards(center, g)), r)
+    sq = _fold(sum_shards(center, g), r)
     var = (sq if reduce is None else reduce(sq)) / m
     inv_std = 1.0 / np.sqrt(var + eps)
     scale_t, beta_t = np.tile(gamma * inv_std, r), np.tile(beta, r)
@@ -88,9 +81,9 @@ def train_backward(D, xc, r, inv_std, gamma, m, reduce=None):
     sums over the ranks (as the reference does).
     """
     g = D.shape[0]
-    parts = map_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g)
-    dbeta = _fold(_add([p[0] for p in parts]), r)
-    dgamma = _fold(_add([p[1] for p in parts]), r) * inv_std
+    sb_t, sg_t = sum_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g)
+    dbeta = _fold(sb_t, r)
+    dgamma = _fold(sg_t, r) * inv_std
     sb, sg = dbeta, dgamma
     if reduce is not None:
         both = reduce(np.concatenate([dbeta, dgamma]))
