@@ -166,11 +166,11 @@ def _profile_section(profiles) -> list[str]:
                   f"{p['threads']} thread(s), {total:.3f} s/step of "
                   f"{p.get('timer', 'wall')} time under cProfile)", "",
                   "A function's own time includes the NumPy operators it applies with "
-                  "operator syntax (`a @ b`, `+=`, slicing): the GEMMs of the convolutions "
-                  "are `numpy.matmul` (CPU forward and stride-1 input error, in sample "
-                  "chunks) or the own time of `_conv_gemm` (whole batch) and of "
-                  "`conv2d_weight_grad`; im2col's copy is `copyto` (chunks) or "
-                  "`ascontiguousarray` (whole batch).", ""]
+                  "operator syntax or ufuncs (`a @ b`, `xp.matmul`, `+=`): the GEMMs of the "
+                  "convolutions are the own time of the chunk loops `rows` (forward and "
+                  "stride-1 input error) and `partial` (weight gradient) in "
+                  "`functional/conv.py`, one per batch shard; im2col's copy is the chunk "
+                  "windows' `__call__`.", ""]
         if p.get("phases"):
             lines += ["By phase (`minigrad_pfa.bench.phases`: each function's own time "
                       "assigned to the phase that dominates it):", ""]
