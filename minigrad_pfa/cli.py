@@ -54,15 +54,19 @@ def _add_train_parser(sub):
 
 
 def _cmd_train(args):
+    # the engine's threads for this run only (an in-process caller keeps its own setting)
+    from .cpu import default_threads, using_threads
+    with using_threads(args.threads if args.threads is not None
+                       else default_threads(distributed=args.distributed)):
+        return _run_train(args)
+
+
+def _run_train(args):
     from .config import load_config
     from .experiment_data import build_data
     from .train import Trainer
 
     from .rundir import check_fresh
-
-    from .cpu import default_threads, set_threads
-    set_threads(args.threads if args.threads is not None
-                else default_threads(distributed=args.distributed))
 
     overrides = list(args.overrides)
     if args.device:

@@ -156,3 +156,16 @@ def test_default_threads_env_grid_jobs_and_mpi_ranks(monkeypatch):
     monkeypatch.setenv(cpu.THREADS_ENV, "zero")
     with pytest.raises(ValueError, match="MINIGRAD_PFA_THREADS must be a positive integer"):
         cpu.default_threads()
+
+
+def test_using_threads_restores_blas_limits():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with cpu.using_threads(2):
+        assert set(blas_threads()) == {1}  # the shards are the parallelism
+    assert blas_threads() == before

@@ -109,13 +109,14 @@ def set_threads(threads: int, min_rows: int | None = None) -> int:
     prev = _state["threads"]
     if min_rows is not None:
         _state["min_rows"] = check_threads(min_rows, "min_rows")
-    if t != prev or _state["blas_limiter"] is None:
+    if t != prev:
         pool = _state["pool"]
         _state["pool"] = ThreadPoolExecutor(max_workers=t - 1,
                                             thread_name_prefix="minigrad-cpu") if t > 1 else None
         _state["threads"] = t
         if pool is not None:
             pool.shutdown(wait=True)
+    if _state["blas_limiter"] is None:  # once: it remembers the BLAS's original limits
         _state["blas_limiter"] = _limit_blas(1)
     return prev
 
@@ -127,13 +128,17 @@ def get_threads() -> int:
 
 @contextmanager
 def using_threads(n: int, min_rows: int | None = None):
-    """``with using_threads(n):`` run the block with ``n`` engine threads, then restore."""
-    prev_rows = _state["min_rows"]
+    """``with using_threads(n):`` run the block with ``n`` engine threads, then restore the
+    previous count (and BLAS's own thread limits if this block was the first to set them)."""
+    prev_rows, limited = _state["min_rows"], _state["blas_limiter"] is not None
     prev = set_threads(n, min_rows)
     try:
         yield
     finally:
         set_threads(prev, prev_rows)
+        if not limited:  # the BLAS threads as they were before the block
+            _state["blas_limiter"].restore_original_limits()
+            _state["blas_limiter"] = None
 
 
 def num_shards(n: int) -> int:
