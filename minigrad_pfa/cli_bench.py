@@ -2,18 +2,20 @@
 
 ::
 
-    minigrad-pfa bench --quick --threads 1                 # a few minutes on one thread
-    minigrad-pfa bench --threads 1 --timer cpu --profile --json bench.json --markdown perf.md
+    minigrad-pfa bench --quick                             # all cores and one thread
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE minigrad-pfa bench --profile \
+        --json docs/bench_cpu.json --markdown docs/performance.md     # the full report
     minigrad-pfa bench --device cuda --json bench_gpu.json # CuPy against PyTorch on the GPU
 
-Training-step time (median after warm-up), peak memory (each configuration's maximum
-resident set size in a fresh subprocess) and GFLOP/s against a float32 GEMM peak measured
-in the same run, for ResNet-20 and the MLP under every learning rule, PyTorch's autograd
-BP and the published PFA formulation, batch-size scaling, and the data loader. On a
-shared machine set ``--threads`` to what is free (oversubscribed BLAS threads slow down
-by far more than the lost share), and with one thread prefer ``--timer cpu``: the
-worker's CPU time does not count the time other processes held the core. See
-:mod:`minigrad_pfa.bench.runner`.
+Training-step time (median of the steps pooled over interleaved rounds, with their
+interquartile range), peak memory (each configuration's maximum resident set size in a
+fresh subprocess) and GFLOP/s against a float32 GEMM peak measured in the same run, for
+ResNet-20 and the MLP under every learning rule, PyTorch's autograd BP and the published
+PFA formulation, batch-size scaling, and the data loader. Two regimes in one run: all
+usable cores (``--threads``, default; wall clock) and one thread (the worker's CPU time,
+which does not count the time other processes held the core). The all-core targets are
+reported as undecided when the machine was loaded beyond 1.5x its cores: measure them on
+a quiet machine. See :mod:`minigrad_pfa.bench.runner` and :mod:`minigrad_pfa.bench.regimes`.
 """
 from __future__ import annotations
 
