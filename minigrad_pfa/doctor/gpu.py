@@ -191,6 +191,12 @@ def run_gpu_checks(rules=RULES, log=print, bench: bool = True, image: int = 16,
                           f"10 steps {dtype}", rule))
     for c in host_sync_checks(rules):
         record(c)
+    if standin_active():
+        log("  nccl all-reduce: skipped on the CuPy stand-in (NCCL needs a real GPU)")
+    else:
+        # data-parallel training's GPU collective (docs/scaling.md); never raises
+        from ..distributed.nccl import check_nccl
+        record(check_nccl())
     records = []
     if bench and not standin_active():
         records, bench_checks = gpu_bench(log)
