@@ -169,3 +169,12 @@ def test_using_threads_restores_blas_limits():
     with cpu.using_threads(2):
         assert set(blas_threads()) == {1}  # the shards are the parallelism
     assert blas_threads() == before
+
+
+def test_keep_freed_memory_on_glibc():
+    import platform
+
+    from minigrad_pfa.cpu.memory import keep_freed_memory
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt thresholds are glibc's")
+    assert keep_freed_memory() is True and keep_freed_memory() is True  # idempotent

@@ -24,16 +24,13 @@ VARIANTS = ("malloc-keep",)
 
 
 def malloc_keep() -> None:
-    """Keep freed memory in the process (glibc only; see the module docstring)."""
-    import ctypes
-    import ctypes.util
+    """Keep freed memory in the process (glibc only; see the module docstring).
 
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name or "libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
-    # mallopt takes a C int: 2**31 - 1 is the largest trim threshold it accepts
-    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and
-            libc.mallopt(m_trim_threshold, 2 ** 31 - 1)):
+    Adopted by the engine (:mod:`minigrad_pfa.cpu.memory`, applied by ``set_threads``, so
+    by every engine worker of the benchmark): this variant now measures the engine as it
+    is and stays only as the ``--proposals`` plumbing's example."""
+    from ..cpu.memory import keep_freed_memory
+    if not keep_freed_memory():
         raise RuntimeError("mallopt refused the thresholds (not glibc?)")
 
 

@@ -34,6 +34,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from .memory import keep_freed_memory
+
 #: default smallest shard, in rows of the batch axis: a shard of fewer samples costs more
 #: in dispatch (~20-50 us per task) than it saves. Tests pass min_rows=1.
 MIN_ROWS = 2
@@ -100,6 +102,7 @@ def _limit_blas(threads: int):
 def set_threads(threads: int, min_rows: int | None = None) -> int:
     """Use ``threads`` CPU threads for the engine's steps; returns the previous count.
 
+    The first call also keeps freed memory in the process (:mod:`.memory`, glibc).
     ``threads == 1``: every operation runs serially, BLAS on one thread. ``threads > 1``:
     a pool of that many workers (the caller included) shards each operation's batch and
     BLAS runs single-threaded inside each shard. ``min_rows`` sets the smallest shard
@@ -118,6 +121,7 @@ def set_threads(threads: int, min_rows: int | None = None) -> int:
             pool.shutdown(wait=True)
     if _state["blas_limiter"] is None:  # once: it remembers the BLAS's original limits
         _state["blas_limiter"] = _limit_blas(1)
+        keep_freed_memory()  # the step's large temporaries reuse their pages (.memory)
     return prev
 
 
