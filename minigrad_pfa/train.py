@@ -556,9 +556,6 @@ def _saved_config(meta: dict) -> dict:
 
 def machine_description() -> dict:
     import platform
-
-    from .cpu import get_threads
-    # engine threads: the batch shards' partial sums round differently from one thread
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "engine_threads": get_threads()}
+            "numpy": np.__version__}
