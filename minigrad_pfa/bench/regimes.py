@@ -68,6 +68,8 @@ def pool_rounds(results: list[dict]) -> dict:
     rec["step_min_s"], rec["step_max_s"] = min(times), max(times)
     for other in ("wall", "cpu"):
         rec[f"step_{other}_s"] = statistics.median(r[f"step_{other}_s"] for r in ok)
+    foreign = [r["foreign_cores"] for r in ok if r.get("foreign_cores") is not None]
+    rec["foreign_cores"] = max(foreign) if foreign else None
     rec["round_step_s"] = [r.get("step_s") for r in results]
     rec["rounds"] = len(ok)
     rec["peak_mb"] = max(r["peak_mb"] for r in ok)

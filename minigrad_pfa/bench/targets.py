@@ -49,18 +49,29 @@ def target_table(machine: dict) -> tuple:
     return TARGETS_ALL_CORES if many else TARGETS
 
 
-#: the all-core targets are undecided when the 1-minute load average seen by the workers
-#: exceeds this many times the usable cores (the engine's and PyTorch's threads then wait
-#: for other processes; measured on 2 cores at load 11-18: PyTorch's 2-thread BP step 40x
-#: its idle time, the engine's 2-5x, so the ratios said nothing about the code)
+#: the all-core targets are undecided when other processes kept more than this many cores
+#: busy, on average, while a configuration was timed (``foreign_cores``: the machine's busy
+#: CPU time from /proc/stat minus the worker's own, per wall second). One busy process is
+#: enough to wreck a multi-threaded wall-clock figure: measured on 2 cores with one other
+#: process running, PyTorch's 2-thread ResNet-20 BP step took 2.95 s instead of ~0.3 s and
+#: its MLP step 200 ms instead of ~2.5 ms (its OpenMP threads wait for the busy core)
+MAX_FOREIGN_CORES = 0.25
+#: fallback for records without ``foreign_cores``: the 1-minute load average per core
 MAX_LOAD_PER_CORE = 1.5
 
 
 def contention(data: dict) -> str | None:
     """Why the wall-clock all-core figures of a run cannot decide a target, or None."""
+    recs = data.get("records", [])
+    foreign = [r["foreign_cores"] for r in recs if r.get("foreign_cores") is not None]
+    if foreign:
+        if max(foreign) <= MAX_FOREIGN_CORES:
+            return None
+        return (f"other processes kept up to {max(foreign):.2f} cores busy during the "
+                "measurements (rerun on a quiet machine)")
     m = data.get("machine", {})
     cores = m.get("cpus_usable") or m.get("cpus")
-    loads = [r["load1"] for r in data.get("records", []) if r.get("load1") is not None]
+    loads = [r["load1"] for r in recs if r.get("load1") is not None]
     if not cores or not loads or max(loads) <= MAX_LOAD_PER_CORE * cores:
         return None
     return (f"load average up to {max(loads):.1f} on {cores} usable cores during the "

@@ -113,13 +113,33 @@ def timed_steps(step, sync, warmup: int, steps: int, timer: str = "wall") -> dic
         step()
         sync()
     wall, cpu = [], []
+    busy0 = machine_busy_s()
     for _ in range(steps):
         c0, t0 = time.process_time(), time.perf_counter()
         step()
         sync()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"wall": wall, "cpu": cpu, "times": cpu if timer == "cpu" else wall}
+    busy1 = machine_busy_s()
+    # cores that other processes kept busy while this one was measured, on average
+    foreign = None if busy0 is None or busy1 is None or not wall else \
+        max(0.0, (busy1 - busy0 - sum(cpu)) / sum(wall))
+    return {"wall": wall, "cpu": cpu, "times": cpu if timer == "cpu" else wall,
+            "foreign_cores": foreign}
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes have spent on this machine (``/proc/stat``), or None.
+
+    Busy = user + nice + system + irq + softirq + steal, over every CPU."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()[1:]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / ticks
 
 
 # ------------------------------------------------------------------------ engine side
@@ -239,7 +259,7 @@ def run_step(cfg) -> dict:
                                                     ("forward", "weight_grad", "input_error",
                                                      "feedback")},
            "gflops": flops["total"] / step_s / 1e9, "threads": cfg["threads"],
-           "load1": load1()}
+           "load1": load1(), "foreign_cores": timing["foreign_cores"]}
     if cfg.get("variants"):
         rec["variants"] = list(cfg["variants"])
     rec.update(extra)
