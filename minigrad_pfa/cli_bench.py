@@ -14,8 +14,8 @@ ResNet-20 and the MLP under every learning rule, PyTorch's autograd BP and the p
 PFA formulation, batch-size scaling, and the data loader. Two regimes in one run: all
 usable cores (``--threads``, default; wall clock) and one thread (the worker's CPU time,
 which does not count the time other processes held the core). The all-core targets are
-reported as undecided when the machine was loaded beyond 1.5x its cores: measure them on
-a quiet machine. See :mod:`minigrad_pfa.bench.runner` and :mod:`minigrad_pfa.bench.regimes`.
+reported as undecided when other processes kept more than a quarter of a core busy while
+a configuration was timed: measure them on a quiet machine. See :mod:`minigrad_pfa.bench.runner` and :mod:`minigrad_pfa.bench.regimes`.
 """
 from __future__ import annotations
 
