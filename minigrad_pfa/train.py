@@ -1,13 +1,8 @@
-"""Training runs: one training step, evaluation, and a resumable run directory.
+"""Training runs: a resumable run directory around the step of :mod:`minigrad_pfa.step`.
 
-One training step (every rule, every model)::
-
-    for each weight layer: rule.before_step(layer)          (e.g. brSF redraws M_t)
-    logits = model.forward(x)
-    loss, e = softmax_cross_entropy(logits, y)              (e = dL/dlogits)
-    model.backward(e, BackwardContext(output_error=e))      (rules supply the input errors)
-    optimizer.step()                                        (W, b, BN, and learned feedback)
-    for each weight layer: rule.after_step(layer)           (masks, mirror phase, constraints)
+The step itself (rules' before/after hooks, forward, loss, backward, optimizer) lives in
+:mod:`minigrad_pfa.step`; the model, optimizer and schedules are built from the config by
+:mod:`minigrad_pfa.build` (both re-exported here).
 
 Run directory (``--out DIR/NAME``; one run per directory, :mod:`minigrad_pfa.rundir`)::
 
@@ -45,115 +40,15 @@ from .backend import check_device, device_description, get_array_module, to_nump
 from . import rundir
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, resolve_config
-from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .metrics import MechanismTracker, collect_metrics
-from .nn.models import build_model, weight_layers
-from .nn.module import BackwardContext
-from .optim import build_optimizer
-from .optim.schedules import build_schedule
-from .rules import attach_rules, parse_rule
-from .rules.guard import check_optimizer
+from .nn.models import weight_layers
+# re-exported: the step and the builders are part of this module's public API
+from .build import model_from_config, optimizer_from_config, schedules_from_config  # noqa: F401
+from .step import evaluate, train_step  # noqa: F401
 
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-def train_step(model, layers, optimizer, x, y, parallel=None):
-    """One step of the active rules on a batch; returns (loss, n_correct) as device scalars.
-
-    ``parallel`` (a :class:`~minigrad_pfa.distributed.parallel.DataParallel`, data-parallel
-    runs only): ``x, y`` are this rank's shard; the gradients are averaged over the ranks
-    before the optimizer step and the returned loss / count are the global batch's.
-    """
-    for layer in layers:
-        layer.rule.before_step(layer)
-    logits = model.forward(x)
-    loss, e = softmax_cross_entropy(logits, y)
-    correct = accuracy_counts(logits, y)
-    model.backward(e, BackwardContext(output_error=e))
-    if parallel is not None:
-        loss, correct = parallel.average_gradients(optimizer, loss, correct)
-    optimizer.step()
-    for layer in layers:
-        layer.rule.after_step(layer)
-    model.clear_cache()
-    return loss, correct
-
-
-def evaluate(model, loader):
-    """Mean loss and accuracy (%) of ``model`` in eval mode over ``loader``."""
-    was_training = model.training
-    model.eval()
-    total_loss, total_correct, total = 0.0, 0, 0
-    try:
-        for x, y in loader:
-            logits = model.forward(x)
-            loss, _ = softmax_cross_entropy(logits, y)
-            n = int(y.shape[0])
-            # host accumulation in float64: a deliberate float64 place (metric accumulator)
-            total_loss += float(loss) * n
-            total_correct += int(accuracy_counts(logits, y))
-            total += n
-    finally:
-        model.clear_cache()
-        model.train(was_training)
-    # a data-parallel loader yields this rank's part of each batch: add the other ranks'
-    combine = getattr(loader, "combine_totals", None)
-    if combine is not None:
-        total_loss, total_correct, total = combine(total_loss, total_correct, total)
-    if total == 0:
-        raise RuntimeError("evaluation loader yielded no examples")
-    return total_loss / total, 100.0 * total_correct / total
-
-
-def model_from_config(cfg: dict, input_shape=None):
-    """Build the model, attach the rules and return (model, rule summary) on the host.
-
-    ``input_shape`` (one sample, e.g. (1, 32, 32)) is needed only by rules whose feedback
-    spans a layer's whole input grid (``dfa`` with ``conv: dense``).
-    """
-    m = cfg["model"]
-    kwargs = {"num_classes": m["num_classes"]}
-    for key in ("hidden", "in_channels", "in_features", "image_size"):
-        if m.get(key) is not None:
-            kwargs[key] = tuple(m[key]) if key == "hidden" else m[key]
-    model = build_model(m["name"], seed=cfg["seed"], dtype=cfg["dtype"], **kwargs)
-    spec = cfg["rule"]
-    # "pfa" or the command-line form "pfa:expand_ratio=5,orthogonal=true"
-    spec = dict(spec) if isinstance(spec, dict) else parse_rule(spec)
-    if cfg.get("rule_map"):
-        spec["layers"] = dict(cfg["rule_map"])
-    if cfg["shallow"]:
-        spec["shallow"] = True
-    summary = attach_rules(model, spec, seed=cfg["seed"], input_shape=input_shape)
-    return model, summary
-
-
-def optimizer_from_config(cfg: dict, model):
-    o = cfg["optim"]
-    kw = {"lr": o["lr"], "weight_decay": o["weight_decay"]}
-    if o["name"] == "sgd":
-        kw.update(momentum=o["momentum"], nesterov=o["nesterov"])
-    elif o["betas"] is not None:
-        kw["betas"] = tuple(o["betas"])
-    opt = build_optimizer(o["name"], list(model.named_parameters(trainable_only=True)), **kw)
-    check_optimizer(model, opt, allow_adaptive=o["allow_adaptive_optimizer"])
-    return opt
-
-
-def schedules_from_config(cfg: dict):
-    o, s = cfg["optim"], cfg["schedule"]
-    def spec(sched, base):
-        if not sched:
-            return {"type": "constant", "value": base}
-        sched = dict(sched)
-        if sched.get("type") in ("multistep", "cosine"):
-            sched.setdefault("base", base)  # the optimizer's lr / weight_decay
-        return sched
-
-    return (build_schedule(spec(s["lr"], o["lr"])),
-            build_schedule(spec(s["weight_decay"], o["weight_decay"])))
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from minigrad_pfa import train as train_mod
+from minigrad_pfa import step as step_mod
 from minigrad_pfa.checkpoint import load_checkpoint, save_checkpoint
 from minigrad_pfa.cli import main
 from minigrad_pfa.config import resolve_config
@@ -292,14 +293,14 @@ def test_init_from_with_a_lower_lr_after_divergence(tmp_path, capsys):
 def test_divergence_message_points_at_init_from(tmp_path, monkeypatch):
     from minigrad_pfa.train import DivergenceError
 
-    real, calls = train_mod.softmax_cross_entropy, {"n": 0}
+    real, calls = step_mod.softmax_cross_entropy, {"n": 0}
 
     def fake(logits, y):
         loss, e = real(logits, y)
         calls["n"] += 1
         return (loss * np.float32(np.nan) if calls["n"] >= 8 else loss), e
 
-    monkeypatch.setattr(train_mod, "softmax_cross_entropy", fake)
+    monkeypatch.setattr(step_mod, "softmax_cross_entropy", fake)
     run = tmp_path / "run"
     with pytest.raises(DivergenceError) as info:
         trainer(run).fit()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from minigrad_pfa import train as train_mod
+from minigrad_pfa import step as step_mod
 from minigrad_pfa.checkpoint import load_checkpoint
 from minigrad_pfa.cli import main
 from minigrad_pfa.config import resolve_config
@@ -234,7 +235,7 @@ def test_fresh_start_needs_overwrite_and_then_removes_everything_of_the_older_ru
 # ---------------------------------------------------------------- divergence
 def nan_loss_after(monkeypatch, n):
     """Make the training loss NaN from the n-th step on (the step itself still runs)."""
-    real = train_mod.softmax_cross_entropy
+    real = step_mod.softmax_cross_entropy
     calls = {"n": 0}
 
     def fake(logits, y):
@@ -242,7 +243,7 @@ def nan_loss_after(monkeypatch, n):
         calls["n"] += 1
         return (loss * np.float32(np.nan) if calls["n"] >= n else loss), e
 
-    monkeypatch.setattr(train_mod, "softmax_cross_entropy", fake)
+    monkeypatch.setattr(step_mod, "softmax_cross_entropy", fake)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
