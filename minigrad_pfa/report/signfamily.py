@@ -63,8 +63,9 @@ def findings(summaries, noise) -> list[tuple]:
             v = "within noise (uSF's gap to BP is itself within seed noise)"
         else:
             v = "agrees" if frac > 0.5 else "deviates"
-        if len(norm) < 2:
+        if len(norm) < 2:       # the finding is about the better of the two
             meas += " (one of SN / Init still pending)"
+            v = f"{PENDING}; so far {v}"
         out.append(("normalised SF (SN, Init) closes most of the gap to BP", meas, v))
     # 2. Const helps, 3. E/I hurts (against plain uSF)
     for name, claim, sign in (("uSF + Const", "Const helps", +1),
