@@ -18,7 +18,8 @@ def test_numpy_gets_no_kernels_and_the_switch_turns_them_off(standin, monkeypatc
     assert kernels(np) is None
     k = kernels(standin)
     assert k is not None and all(getattr(getattr(k, n), "is_standin_fused", False)
-                                 for n in ("relu", "bn_affine", "bn_dx", "sgd", "sgd_nesterov"))
+                                 for n in ("relu", "bn_affine", "bn_dx", "sgd", "sgd_nesterov",
+                                           "adam"))
     monkeypatch.setenv(FUSED_ENV, "0")
     assert kernels(standin) is None
 
@@ -68,3 +69,57 @@ def test_sgd_optimizer_uses_the_kernel_and_matches_numpy(standin, rng):
             opt.step()
         out.append(to_numpy(p.data))
     np.testing.assert_allclose(out[1], out[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_kernel_follows_the_adam_equations(standin, rng, name):
+    """Three steps of Adam (L2 decay in the moments) / AdamW (decoupled decay) written out
+    in NumPy float64 (torch.optim.Adam / AdamW semantics) against the optimizer on the
+    stand-in, where its update is the fused kernel."""
+    from minigrad_pfa.nn.module import Parameter
+    from minigrad_pfa.optim import build_optimizer
+    lr, lam, b1, b2, eps = 0.01, 0.1, 0.9, 0.999, 1e-8
+    p0 = rng.standard_normal((6, 5))
+    grads = rng.standard_normal((3, 6, 5))
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t, g in enumerate(grads, start=1):
+        if name == "adamw":
+            p = p * (1 - lr * lam)
+        else:
+            g = g + lam * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    param = Parameter(dev(p0.copy()))
+    opt = build_optimizer(name, [("w", param)], lr=lr, betas=(b1, b2), eps=eps,
+                          weight_decay=lam)
+    calls = []
+    k = kernels(standin)
+    real = k.adam
+    k.adam = lambda *a: (calls.append(1), real(*a))
+    try:
+        for g in grads:
+            param.grad = dev(g)
+            opt.step()
+    finally:
+        k.adam = real
+    assert len(calls) == 3                      # the kernel, not the reference sequence
+    np.testing.assert_allclose(to_numpy(param.data), p, rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(opt.state["w"]["exp_avg_sq"]), v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_kernel_matches_the_numpy_sequence_bitwise(standin, rng, name):
+    """The kernel's operation order is the NumPy path's: float64 results agree exactly."""
+    from minigrad_pfa.nn.module import Parameter
+    from minigrad_pfa.optim import build_optimizer
+    w0, grads = rng.standard_normal((5, 3)), rng.standard_normal((4, 5, 3))
+    out = []
+    for device in ("cpu", "cuda"):
+        p = Parameter(to_device(w0.copy(), device))
+        opt = build_optimizer(name, [("w", p)], lr=0.01, weight_decay=0.05)
+        for g in grads:
+            p.grad = to_device(g, device)
+            opt.step()
+        out.append(to_numpy(p.data))
+    np.testing.assert_array_equal(out[1], out[0])

@@ -11,6 +11,12 @@ Notation (symbols of the modules they serve; every operand broadcasts elementwis
                 p   <- p - lr * buf                             dampening 0, after step 1
     sgd_nesterov d = g + lam * p;  buf <- mu * buf + d;         the same with Nesterov
                 p  <- p - lr * (d + mu * buf)
+    adam        p <- p * decay;  d = g + lam * p                optim.adam, Adam and AdamW
+                m <- b1 * m + (1 - b1) * d                      (Adam: decay 1, lam the L2
+                v <- b2 * v + (d * d) * (1 - b2)                 decay; AdamW: decay
+                p <- p - m / (sqrt(v) / c2 + eps) * step         1 - lr * lam, lam 0;
+                                                                 step = lr / (1 - b1**t),
+                                                                 c2 = sqrt(1 - b2**t))
 
 Why: on a GPU every ufunc is one kernel launch and one pass over memory, and these
 formulas are memory-bound; CuPy compiles each function below into ONE kernel, reading
@@ -58,8 +64,18 @@ def _bodies(xp):
         buf += d
         p -= lr * (d + mu * buf)
 
+    def adam(p, g, m, v, step, c2, eps, b1, b2, lam, decay):
+        # the operations in the order of optim.adam's reference sequence (same rounding)
+        p *= decay
+        d = g + lam * p
+        m *= b1
+        m += (1.0 - b1) * d
+        v *= b2
+        v += d * d * (1.0 - b2)
+        p -= m / (xp.sqrt(v) / c2 + eps) * step
+
     return {"relu": relu, "bn_affine": bn_affine, "bn_dx": bn_dx, "sgd": sgd,
-            "sgd_nesterov": sgd_nesterov}
+            "sgd_nesterov": sgd_nesterov, "adam": adam}
 
 
 @functools.lru_cache(maxsize=None)

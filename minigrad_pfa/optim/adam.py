@@ -24,6 +24,7 @@ import math
 from typing import Iterable
 
 from ..backend import get_array_module
+from ..functional.fused import kernels
 from .base import Optimizer, _nonneg, _number
 
 
@@ -85,6 +86,15 @@ class Adam(Optimizer):
             st["step"] = 0
         st["step"] += 1
         t = st["step"]
+        # bias corrections as Python floats, so float32 stays float32
+        step_size = lr / (1.0 - b1 ** t)
+        fused = kernels(xp)
+        if fused is not None:  # GPU: decay, moments and update in one kernel (in place)
+            decoupled = self.decoupled_weight_decay and wd != 0.0
+            fused.adam(w, g, m, v, step_size, math.sqrt(1.0 - b2 ** t), self.eps, b1, b2,
+                       0.0 if self.decoupled_weight_decay else wd,
+                       1.0 - lr * wd if decoupled else 1.0)
+            return
 
         if wd != 0.0:
             if self.decoupled_weight_decay:
@@ -97,8 +107,6 @@ class Adam(Optimizer):
         gg = g * g
         gg *= 1.0 - b2
         v += gg
-        # bias corrections as Python floats, so float32 stays float32
-        step_size = lr / (1.0 - b1 ** t)
         denom = xp.sqrt(v, out=gg)            # reuse the g*g scratch
         denom /= math.sqrt(1.0 - b2 ** t)
         denom += self.eps
