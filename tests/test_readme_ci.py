@@ -1,7 +1,8 @@
 """The README's test command is what CI runs, word for word, and it works from a clean clone.
 
 The README marks its test command with ``<!-- test-command -->`` before a fenced ``bash``
-block; ``.ci/run`` extracts that block and runs it (``bash .ci/run --print-test-command``
+block; ``.ci/run`` holds the same command verbatim, extracts README's block, refuses to
+run if they differ, and runs it (``bash .ci/run --print-test-command``
 prints what it would run). A bare ``pytest`` (not ``python -m pytest``) does not put the
 project root on ``sys.path``; the tests import ``tests._util``, so ``setup.cfg`` must set
 ``pythonpath = .`` -- checked here by collecting in a subprocess started from a folder
@@ -45,6 +46,20 @@ def test_ci_runs_the_readme_command_word_for_word():
                          timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == readme_test_command().split()
+
+
+def test_ci_script_holds_the_readme_command_verbatim_and_refuses_a_drifted_readme(tmp_path):
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        assert readme_test_command() in fh.read()
+    # a copy of the project whose README says something else: .ci/run stops before running
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(os.path.join(ROOT, ".ci", "run"), tmp_path / ".ci" / "run")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    (tmp_path / "README.md").write_text(text.replace("&& pytest", "&& pytest -x"))
+    out = subprocess.run(["bash", str(tmp_path / ".ci" / "run"), "--print-test-command"],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert out.returncode == 1 and "differs" in out.stderr
 
 
 def test_setup_cfg_puts_the_project_root_on_pytest_path():
