@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_doc import documented_parser
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from .bench.runner import add_arguments
 
-    # paragraphs of the module docstring: title, "::", the examples, the description
-    _, _, examples, body = __doc__.split("\n\n", 3)
-    p = subparsers.add_parser(
-        "bench", help="benchmark training steps against PyTorch (docs/performance.md)",
-        description=body.strip(), epilog="examples:\n" + examples.strip("\n"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(subparsers, "bench",
+                          "benchmark training steps against PyTorch (docs/performance.md)",
+                          __doc__)
     add_arguments(p)
     p.set_defaults(func=_cmd_bench)
     return p

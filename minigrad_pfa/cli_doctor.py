@@ -12,16 +12,16 @@ which says so in one line), 1 when any check failed.
 from __future__ import annotations
 
 import argparse
+
+from .cli_doc import documented_parser
 import json
 import time
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    _, _, examples, body = __doc__.split("\n\n", 3)
-    p = subparsers.add_parser(
-        "doctor", help="what this machine can run; --device cuda proves the GPU path",
-        description=body.strip(), epilog="examples:\n" + examples.strip("\n"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(subparsers, "doctor",
+                          "what this machine can run; --device cuda proves the GPU path",
+                          __doc__)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: also run the GPU checks (parity, 10 steps per rule, host "
                         "syncs, a short bench against PyTorch)")
