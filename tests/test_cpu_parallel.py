@@ -2,9 +2,9 @@
 
 Every rule trains a small ResNet (conv, BN, ReLU, shortcuts, pooling, linear) and an MLP
 for 5 steps in float64, once serially (1 thread) and once with 3 engine threads and
-shards of a single sample (``min_rows=1``, so even these small batches split); every
-parameter, feedback array and BN statistic must agree to 1e-12 relative. The sharded
-operations differ from the serial ones only in the order of partial sums.
+shards of a single sample (``min_rows=1, min_elements=1``, so even these small batches
+split); every parameter, feedback array and BN statistic must agree to 1e-12 relative.
+The sharded operations differ from the serial ones only in the order of partial sums.
 """
 import numpy as np
 import pytest
@@ -42,7 +42,7 @@ def _train(make, spec, threads, input_shape, optimizer="sgd", steps=5):
     n = 6
     x = rng.standard_normal((n,) + input_shape)
     y = rng.integers(0, 4, size=n)
-    with cpu.using_threads(threads, min_rows=1):
+    with cpu.using_threads(threads, min_rows=1, min_elements=1):
         for _ in range(steps):
             train_step(model, layers, opt, x, y)
     return model.state_dict()
@@ -99,6 +99,41 @@ def test_sharding_really_happens():
     assert calls and max(calls) == 3 and sum(c > 1 for c in calls) > 50, calls
 
 
+def test_shards_need_enough_work():
+    """A shard must carry ``min_elements`` of work: small calls (an MLP's 64 x 512 ReLU, a
+    small model's optimizer groups) stay on the calling thread, large ones split."""
+    import threading
+
+    from minigrad_pfa.functional import activation as F_act
+    calls = []
+    real = cpu_threads._run
+
+    def spy(fn, bounds):
+        calls.append(len(bounds))
+        return real(fn, bounds)
+
+    E = cpu_threads.MIN_ELEMENTS
+    cpu_threads._run = spy
+    try:
+        with cpu.using_threads(2):
+            assert cpu_threads.num_shards(128, 2 * E - 1) == 1
+            assert cpu_threads.num_shards(128, 2 * E) == 2
+            assert cpu_threads.num_shards(128) == 2  # no work given: rows decide
+            F_act.relu_forward(np.ones((64, 512), np.float32))
+            assert calls == []  # the serial path: no pool at all
+            F_act.relu_forward(np.ones((64, 2 * E // 64), np.float32))
+            assert calls == [2]
+            seen = []
+            cpu_threads.for_each_balanced(
+                list(range(6)), lambda i: E, lambda i: seen.append(threading.get_ident()))
+            assert set(seen) == {threading.get_ident()}  # 6 E < 2 groups of GROUP_FACTOR E
+        with cpu.using_threads(2, min_elements=1):
+            assert cpu_threads.num_shards(128, 2) == 2
+        assert cpu_threads._state["min_elements"] == E  # restored
+    finally:
+        cpu_threads._run = real
+
+
 def test_sharded_ops_equal_serial_float32_strided_inputs():
     """Conv (all input-error methods), BN and channel_matmul on NCHW and strided views."""
     rng = np.random.default_rng(0)
@@ -119,7 +154,7 @@ def test_sharded_ops_equal_serial_float32_strided_inputs():
         return out
 
     serial = ops()
-    with cpu.using_threads(2, min_rows=1):
+    with cpu.using_threads(2, min_rows=1, min_elements=1):
         sharded = ops()
     for s, p in zip(serial, sharded):
         assert s.shape == p.shape

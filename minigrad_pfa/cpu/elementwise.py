@@ -27,21 +27,22 @@ def relu_forward(x):
         np.maximum(x[sl], 0.0, out=y[sl])
         np.greater(x[sl], 0.0, out=mask[sl])
 
-    map_shards(rows, x.shape[0])
+    map_shards(rows, x.shape[0], elements=x.size)
     return y, mask
 
 
 def relu_backward(dy, mask):
     """``dy * mask`` by shards."""
     dx = np.empty_like(dy)
-    map_shards(lambda sl: np.multiply(dy[sl], mask[sl], out=dx[sl]), dy.shape[0])
+    map_shards(lambda sl: np.multiply(dy[sl], mask[sl], out=dx[sl]), dy.shape[0],
+               elements=dy.size)
     return dx
 
 
-def matmul_rows(a, B):
-    """``a @ B`` for a 2-D ``a`` (n, k) of any layout, shards of its rows; (n, m)
-    C-contiguous."""
+def matmul_rows(a, B, elements=None):
+    """``a @ B`` for a 2-D ``a`` (n, k) of any layout, shards of its rows (``elements``: the
+    GEMM's work, :func:`.threads.num_shards`); (n, m) C-contiguous."""
     out = np.empty((a.shape[0], B.shape[1]), dtype=np.result_type(a, B))
-    map_shards(lambda sl: np.matmul(a[sl], B, out=out[sl]), a.shape[0])
+    map_shards(lambda sl: np.matmul(a[sl], B, out=out[sl]), a.shape[0], elements=elements)
     return out
 

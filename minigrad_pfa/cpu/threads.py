@@ -3,7 +3,10 @@
 Notation
 --------
 T : the engine's threads (``set_threads``), n : rows of an array's first (batch) axis,
-S = min(T, n // min_rows) : shards of one operation, shard k : rows [a_k, a_{k+1}).
+E : the operation's work in elements (array elements it passes over; a GEMM's
+    multiply-adds / :data:`GEMM_MACS_PER_ELEMENT`), when the caller gives it,
+S = min(T, n // min_rows, E // min_elements) : shards of one operation,
+shard k : rows [a_k, a_{k+1}).
 
 Model of the parallel step. NumPy releases the GIL inside array operations (ufunc loops,
 copies, reductions, BLAS calls), so T Python threads that each apply NumPy operations to
@@ -24,6 +27,15 @@ Same computation: a shard computes the rows of the serial result; only the order
 which partial sums are added differs (float rounding, <= 1e-12 relative in float64,
 checked by tests/test_cpu_parallel.py for every rule).
 
+Cost of a shard. Handing a shard to the pool and collecting it costs 25-50 us here
+(median of an empty ``map_shards`` on 2 threads, ``python -m minigrad_pfa.bench.dispatch``),
+and while two threads run NumPy calls with Python in between they take turns for the
+GIL. A shard must carry more work than that: at least ``min_elements`` elements
+(:data:`MIN_ELEMENTS`, ~0.1 ms of a memory-bound pass). Measured on the MLP 784-512-512-10
+at batch 64 with 2 threads, before this rule: a ReLU of 64 x 512 took 217-258 us in two
+shards (about 10 us serially) and the optimizer's two groups 1.05 ms (0.41 ms serially),
+so the whole step was slower on two threads than on one (3.93 vs 3.50 ms).
+
 Nested use: an operation running inside a shard never shards again (a thread-local flag),
 so the pool cannot deadlock on itself.
 """
@@ -40,7 +52,20 @@ from .memory import keep_freed_memory
 #: in dispatch (~20-50 us per task) than it saves. Tests pass min_rows=1.
 MIN_ROWS = 2
 
-_state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "blas_limiter": None}
+#: default smallest shard, in elements of work (see "Cost of a shard"): 2**17 float32
+#: elements are 0.5 MB, one pass over them ~0.05-0.1 ms on this machine. Tests pass 1.
+MIN_ELEMENTS = 1 << 17
+
+#: elements of work per GEMM multiply-add for ``elements=``: one core runs the engine's
+#: float32 GEMMs at ~35 G multiply-adds/s and an elementwise pass at ~2-4 G elements/s
+GEMM_MACS_PER_ELEMENT = 16
+
+#: the optimizer's per-parameter groups are a chain of small NumPy calls with Python in
+#: between (GIL turns): a group needs this many times :data:`MIN_ELEMENTS` to be its own
+GROUP_FACTOR = 8
+
+_state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "min_elements": MIN_ELEMENTS,
+          "blas_limiter": None}
 _local = threading.local()
 
 
@@ -99,19 +124,23 @@ def _limit_blas(threads: int):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def set_threads(threads: int, min_rows: int | None = None) -> int:
+def set_threads(threads: int, min_rows: int | None = None,
+                min_elements: int | None = None) -> int:
     """Use ``threads`` CPU threads for the engine's steps; returns the previous count.
 
     The first call also keeps freed memory in the process (:mod:`.memory`, glibc).
     ``threads == 1``: every operation runs serially, BLAS on one thread. ``threads > 1``:
     a pool of that many workers (the caller included) shards each operation's batch and
     BLAS runs single-threaded inside each shard. ``min_rows`` sets the smallest shard
-    (default :data:`MIN_ROWS`; 1 makes even 2-sample batches shard, for tests).
+    (default :data:`MIN_ROWS`; 1 makes even 2-sample batches shard, for tests) and
+    ``min_elements`` the smallest work per shard (default :data:`MIN_ELEMENTS`; tests pass 1).
     """
     t = check_threads(threads)
     prev = _state["threads"]
     if min_rows is not None:
         _state["min_rows"] = check_threads(min_rows, "min_rows")
+    if min_elements is not None:
+        _state["min_elements"] = check_threads(min_elements, "min_elements")
     if t != prev:
         pool = _state["pool"]
         _state["pool"] = ThreadPoolExecutor(max_workers=t - 1,
@@ -131,25 +160,31 @@ def get_threads() -> int:
 
 
 @contextmanager
-def using_threads(n: int, min_rows: int | None = None):
+def using_threads(n: int, min_rows: int | None = None, min_elements: int | None = None):
     """``with using_threads(n):`` run the block with ``n`` engine threads, then restore the
-    previous count (and BLAS's own thread limits if this block was the first to set them)."""
-    prev_rows, limited = _state["min_rows"], _state["blas_limiter"] is not None
-    prev = set_threads(n, min_rows)
+    previous count and shard sizes (and BLAS's own thread limits if this block was the
+    first to set them)."""
+    prev_rows, prev_elems = _state["min_rows"], _state["min_elements"]
+    limited = _state["blas_limiter"] is not None
+    prev = set_threads(n, min_rows, min_elements)
     try:
         yield
     finally:
-        set_threads(prev, prev_rows)
+        set_threads(prev, prev_rows, prev_elems)
         if not limited:  # the BLAS threads as they were before the block
             _state["blas_limiter"].restore_original_limits()
             _state["blas_limiter"] = None
 
 
-def num_shards(n: int) -> int:
-    """S = min(T, n // min_rows), or 1 inside a shard, with one thread, or for tiny n."""
+def num_shards(n: int, elements: int | None = None) -> int:
+    """S = min(T, n // min_rows, elements // min_elements), or 1 inside a shard, with one
+    thread, or for a small n or little work (``elements`` None: no work bound)."""
     if _state["threads"] == 1 or getattr(_local, "inside", False):
         return 1
-    return max(1, min(_state["threads"], n // _state["min_rows"]))
+    s = min(_state["threads"], n // _state["min_rows"])
+    if elements is not None:
+        s = min(s, int(elements) // _state["min_elements"])
+    return max(1, s)
 
 
 def shard_bounds(n: int, shards: int) -> list[slice]:
@@ -171,14 +206,14 @@ def _inside(fn, sl):
         _local.inside = False
 
 
-def map_shards(fn, n: int, xp=None) -> list:
+def map_shards(fn, n: int, xp=None, elements: int | None = None) -> list:
     """``[fn(slice_k) for each shard k]`` with the shards run concurrently.
 
     ``fn`` gets a slice of the batch axis; results come back in shard order. Shard 0 runs
-    on the calling thread. With one shard (one thread, a small ``n``, inside a shard, or
-    ``xp`` given and not NumPy) this is just ``[fn(slice(0, n))]``.
+    on the calling thread. With one shard (one thread, a small ``n`` or ``elements``,
+    inside a shard, or ``xp`` given and not NumPy) this is just ``[fn(slice(0, n))]``.
     """
-    s = num_shards(n) if xp is None or xp.__name__ == "numpy" else 1
+    s = num_shards(n, elements) if xp is None or xp.__name__ == "numpy" else 1
     return _run(fn, shard_bounds(n, s))
 
 
@@ -191,10 +226,10 @@ def _run(fn, bounds: list) -> list:
     return [first] + [f.result() for f in futures]
 
 
-def sum_shards(fn, n: int, xp=None):
+def sum_shards(fn, n: int, xp=None, elements: int | None = None):
     """``sum_k fn(slice_k)`` added in shard order (the partial-sum reduction); ``fn`` may
     return an array or a tuple of arrays (added element by element)."""
-    parts = map_shards(fn, n, xp)
+    parts = map_shards(fn, n, xp, elements)
     total = parts[0]
     for p in parts[1:]:
         total = total + p if not isinstance(total, tuple) else \
@@ -202,24 +237,28 @@ def sum_shards(fn, n: int, xp=None):
     return total
 
 
-def is_sharded(xp, n: int) -> bool:
-    """True when an operation on NumPy arrays with batch ``n`` would split into shards."""
-    return xp.__name__ == "numpy" and num_shards(n) > 1
+def is_sharded(xp, n: int, elements: int | None = None) -> bool:
+    """True when an operation on NumPy arrays with batch ``n`` (and ``elements`` of work)
+    would split into shards."""
+    return xp.__name__ == "numpy" and num_shards(n, elements) > 1
 
 
 def for_each_balanced(items: list, size, fn, xp=None) -> None:
     """``fn(item)`` for every item, in T contiguous groups of about equal total ``size``.
 
     For independent per-item work (the optimizer's per-parameter updates): the groups run
-    concurrently when T > 1 (and ``xp``, if given, is NumPy), else in order here.
+    concurrently when T > 1, ``xp`` (if given) is NumPy and every group has at least
+    ``GROUP_FACTOR * min_elements`` of ``size``; else in order here.
     """
     numpy_ok = xp is None or xp.__name__ == "numpy"
-    s = num_shards(len(items) * _state["min_rows"]) if items and numpy_ok else 1
+    total = float(sum(size(it) for it in items)) if items and numpy_ok else 0.0
+    s = num_shards(len(items) * _state["min_rows"], int(total) // GROUP_FACTOR) \
+        if items and numpy_ok else 1
     if s <= 1:
         for it in items:
             fn(it)
         return
-    total = float(sum(size(it) for it in items)) or 1.0
+    total = total or 1.0
     cuts, acc, k = [0], 0.0, 1
     for i, it in enumerate(items):  # cut where the running size passes k/s of the total
         acc += size(it)
@@ -234,3 +273,22 @@ def for_each_balanced(items: list, size, fn, xp=None) -> None:
             fn(it)
 
     _run(run, groups)
+
+
+def dispatch_cost(threads: int | None = None, calls: int = 2000) -> dict:
+    """Seconds for one empty :func:`map_shards` over ``threads`` shards (the pool's own
+    hand-off and collection, no work): quartiles of ``calls`` timed calls."""
+    import statistics
+    import time
+
+    t = threads or usable_cores()
+    times = []
+    with using_threads(t, min_rows=1, min_elements=1):
+        for k in range(calls + 100):  # the first 100: warm-up
+            a = time.perf_counter()
+            map_shards(lambda sl: None, t)
+            if k >= 100:
+                times.append(time.perf_counter() - a)
+    q1, med, q3 = statistics.quantiles(times, n=4)
+    return {"threads": t, "calls": calls, "q1_s": q1, "median_s": med, "q3_s": q3}
+

@@ -37,7 +37,7 @@ def relu_forward(x):
     3.0 ms with ``dy * (y > 0)``.
     """
     xp = get_array_module(x)
-    if x.ndim and is_sharded(xp, x.shape[0]):  # NumPy, several engine threads
+    if x.ndim and is_sharded(xp, x.shape[0], x.size):  # NumPy, several engine threads
         return _cpu.relu_forward(x)
     fused = kernels(xp)  # GPU: y and the mask in one kernel
     if fused is not None:
@@ -59,6 +59,6 @@ def relu_backward(dy, cache):
     """
     if dy.shape != cache.shape:
         raise ValueError(f"relu: expected dy of shape {tuple(cache.shape)}, got {tuple(dy.shape)}")
-    if dy.ndim and is_sharded(get_array_module(dy), dy.shape[0]):
+    if dy.ndim and is_sharded(get_array_module(dy), dy.shape[0], dy.size):
         return _cpu.relu_backward(dy, cache)
     return dy * cache

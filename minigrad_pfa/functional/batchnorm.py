@@ -197,7 +197,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     m = F.shape[0] * r
     xp = get_array_module(x)
     if training:
-        if is_sharded(xp, F.shape[0]):  # NumPy with several engine threads: batch shards
+        if is_sharded(xp, F.shape[0], F.size):  # NumPy with several engine threads: batch shards
             y, xc, mean, var, inv_std, m = _cpu_bn.train_forward(F, r, gamma, beta, eps,
                                                                  reduce, x.shape)
         else:
@@ -261,7 +261,7 @@ def batchnorm_backward(dy, cache):
                          f"forward input, got {dy.dtype}")
     D, r = _flat(dy)
     inv_std, gamma = cache["inv_std"], cache["gamma"]
-    if cache["training"] and is_sharded(get_array_module(D), D.shape[0]):
+    if cache["training"] and is_sharded(get_array_module(D), D.shape[0], D.size):
         dx, dgamma, dbeta = _cpu_bn.train_backward(D, cache["xc"], r, inv_std, gamma,
                                                    cache["m"], cache["reduce"])
         return _unflat(dx, shape), dgamma, dbeta

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
-from ..cpu.threads import is_sharded
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT, is_sharded
 
 
-def _sharded(a, features: int) -> bool:
-    """NumPy with several engine threads: feature shards (:mod:`minigrad_pfa.cpu`)."""
-    return a.ndim == 2 and is_sharded(get_array_module(a), features)
+def _work(macs: int) -> int:
+    """A GEMM's multiply-adds as elements of work (:mod:`minigrad_pfa.cpu.threads`)."""
+    return int(macs) // GEMM_MACS_PER_ELEMENT
+
+
+def _sharded(a, features: int, macs: int) -> bool:
+    """NumPy with several engine threads and a GEMM worth sharding: feature shards
+    (:mod:`minigrad_pfa.cpu`)."""
+    return a.ndim == 2 and is_sharded(get_array_module(a), features, _work(macs))
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
@@ -30,7 +36,9 @@ def _sharded(a, features: int) -> bool:
 # thread vs 4.7 ms serial).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
-    y = _cpu.matmul_rows(W, x.T).T if _sharded(x, W.shape[0]) else x @ W.T
+    macs = x.size * W.shape[0]
+    y = _cpu.matmul_rows(W, x.T, _work(macs)).T if _sharded(x, W.shape[0], macs) \
+        else x @ W.T
     if b is not None:
         y += b
     return y
@@ -38,12 +46,16 @@ def linear_forward(x, W, b=None):
 
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
-    return _cpu.matmul_rows(M.T, delta.T).T if _sharded(delta, M.shape[1]) else delta @ M
+    macs = delta.size * M.shape[1]
+    return _cpu.matmul_rows(M.T, delta.T, _work(macs)).T if _sharded(delta, M.shape[1], macs) \
+        else delta @ M
 
 
 def linear_weight_grad(delta, x):
     """``gW = delta.T @ x``; delta (n, out'), x (n, in) -> (out', in)."""
-    return _cpu.matmul_rows(delta.T, x) if _sharded(delta, delta.shape[1]) else delta.T @ x
+    macs = delta.size * x.shape[1]
+    return _cpu.matmul_rows(delta.T, x, _work(macs)) if _sharded(delta, delta.shape[1], macs) \
+        else delta.T @ x
 
 
 def linear_bias_grad(delta):
