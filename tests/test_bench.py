@@ -236,7 +236,7 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     from minigrad_pfa.cli import main
     js, md = tmp_path / "bench.json", tmp_path / "performance.md"
     rc = main(["bench", "--tiny", "--threads", "1", "--timer", "cpu", "--proposals",
-               "--json", str(js), "--markdown", str(md)])
+               "--profile", "--json", str(js), "--markdown", str(md)])
     assert rc == 0, capsys.readouterr().out
     data = json.loads(js.read_text())
     assert {"machine", "gemm_peak_gflops", "records"} <= set(data)
@@ -275,6 +275,10 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert data["machine"]["blas_pools"] is None or \
         any(p["user_api"] == "blas" for p in data["machine"]["blas_pools"])
     assert "pfa-r10-literal" in text and m["processor"] in text
+    assert data["profiles"] and all(not p.get("error") for p in data["profiles"])
+    ops = data["allcore"]["ops"]["1"]  # the all-core breakdown ran (one regime here)
+    assert ops["step_s"] > 0 and ops["operations"]["conv forward"]["s"] > 0
+    assert data["allcore"]["scaling"]["threads"] == 1
 
 
 def test_cpu_timer_needs_one_thread():
@@ -360,3 +364,35 @@ def test_foreign_cores_decide_contention():
     if machine_busy_s() is not None:  # Linux: a measured value, at least 0
         res = timed_steps(lambda: sum(range(10000)), lambda: None, 0, 3)
         assert res["foreign_cores"] >= 0.0
+
+
+def test_allcore_breakdown_times_operations_and_regions():
+    """The all-core breakdown (bench.allcore): every operation of a ResNet step timed, the
+    pool's regions found inside them when the step shards, the wrappers removed after."""
+    from minigrad_pfa import cpu
+    from minigrad_pfa.bench import allcore
+    from minigrad_pfa.bench.report_md import _allcore_section
+    from minigrad_pfa.functional import conv as F_conv
+    before = F_conv.conv2d_forward
+    cfg = {"model": "resnet20-tiny", "rule": "bp", "impl": "minigrad", "batch": 8,
+           "device": "cpu", "steps": 2, "warmup": 1}
+    serial = allcore.run_ops(dict(cfg, threads=1))
+    with cpu.using_threads(2, min_rows=1, min_elements=1):
+        sharded = allcore.run_ops(dict(cfg, threads=2))
+    assert F_conv.conv2d_forward is before  # uninstalled
+    for res in (serial, sharded):
+        ops = res["operations"]
+        for name in ("conv forward", "conv input error", "conv weight gradient",
+                     "BatchNorm forward", "BatchNorm backward", "ReLU forward",
+                     "ReLU backward", "optimizer"):
+            assert ops[name]["s"] > 0, name
+        assert sum(v["s"] for k, v in ops.items() if k != "other") < res["step_s"]
+    assert all(v["parallel_s"] == 0 for v in serial["operations"].values())
+    conv = sharded["operations"]["conv forward"]
+    assert 0 < conv["parallel_s"] <= conv["s"] and 0 < conv["busy"] <= 1.0 + 1e-9
+    scaling = allcore.run_scaling({"threads": 2, "seconds": 0.05, "rounds": 1})
+    for k in ("gemm_in_cache", "copy_32mb"):
+        assert scaling[k]["speedup_median"] > 0
+    text = "\n".join(_allcore_section({"ops": {"1": serial, "2": sharded},
+                                       "scaling": scaling}))
+    assert "| conv forward |" in text and "in-cache GEMM" in text and "**step**" in text

@@ -185,6 +185,57 @@ def _profile_section(profiles) -> list[str]:
     return lines
 
 
+def _allcore_section(allcore) -> list[str]:
+    """"Where the all-core step goes" (:mod:`.allcore`): operations at 1 and T threads, and
+    what T threads gain on this machine for compute- and memory-bound work."""
+    ops = {int(t): r for t, r in ((allcore or {}).get("ops") or {}).items()
+           if not r.get("error")}
+    if len(ops) < 2:
+        return []
+    lo, hi = ops[min(ops)], ops[max(ops)]
+    T = hi["threads"]
+    lines = [f"## Where the all-core step goes: {hi['model']} {hi['rule']} (batch "
+             f"{hi['batch']}), {lo['threads']} vs {T} threads", "",
+             "Wall time per step of each operation the layers call "
+             "(`minigrad_pfa.bench.allcore`, outermost calls only, "
+             f"{hi['steps']} steps after warm-up, one run each), the share of it spent in "
+             "the pool's parallel regions, and how busy the threads were there (shard time "
+             "/ (threads x region time); the rest is waiting for the slowest shard and the "
+             "hand-off). *other*: Python between the operations, the loss, pooling and the "
+             "residual additions.", ""]
+    rows = []
+    for k in [k for k in hi["operations"] if k != "other"] + ["other"]:
+        if k == "other":
+            a, b = lo["other_s"], hi["other_s"]
+            o = hi["operations"].get("other", {})
+            par, busy = o.get("parallel_s", 0.0), o.get("busy")
+        else:
+            a = lo["operations"].get(k, {}).get("s", 0.0)
+            b, par, busy = (hi["operations"][k][f] for f in ("s", "parallel_s", "busy"))
+            if max(a, b) < 5e-5:  # an operation this model hardly uses (its linear head)
+                continue
+        rows.append([k, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{a / b:.2f}" if b > 0 else "-",
+                     f"{100 * b / hi['step_s']:.0f}%",
+                     f"{100 * par / b:.0f}%" if b > 0 else "-",
+                     f"{busy:.2f}" if busy is not None else "-"])
+    rows.append(["**step**", f"{lo['step_s'] * 1e3:.1f}", f"{hi['step_s'] * 1e3:.1f}",
+                 f"{lo['step_s'] / hi['step_s']:.2f}", "100%", "", ""])
+    lines += _table(["operation", f"{lo['threads']} thread ms", f"{T} threads ms",
+                     "speed-up", f"share at {T}", "in parallel regions", "threads busy"],
+                    rows)
+    sc = (allcore or {}).get("scaling")
+    if sc and not sc.get("error"):
+        g, c = sc["gemm_in_cache"], sc["copy_32mb"]
+        lines += [f"What {sc['threads']} threads gain on this machine for independent NumPy "
+                  "work that releases the GIL (`minigrad_pfa.bench.allcore`, worker kind "
+                  f"`scaling`: throughput over one thread, median of {len(g['speedups'])} "
+                  f"interleaved rounds): in-cache GEMM **{g['speedup_median']:.2f}x**, "
+                  f"streaming copy of 32 MB arrays **{c['speedup_median']:.2f}x**. The "
+                  "memory-bound operations (im2col's copies, BatchNorm, ReLU) cannot gain "
+                  "more than the copy does.", ""]
+    return lines
+
+
 def render(data: dict, json_name: str = "") -> str:
     """The Markdown report for one benchmark JSON."""
     m = data["machine"]
@@ -244,6 +295,7 @@ def render(data: dict, json_name: str = "") -> str:
     lines += _proposal_section(data)
     lines += _loader_section(data.get("loader"))
     lines += _profile_section(data.get("profiles"))
+    lines += _allcore_section(data.get("allcore"))
     lines += host_sync_section(data.get("host_syncs"))
     lines += gpu_section(data["records"])
     lines += ["## How the figures are made", "",

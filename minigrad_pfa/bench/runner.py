@@ -296,6 +296,17 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         log(f"  profiled {cfg['model']} {cfg['rule']}: " + (
             res["error"] if res.get("error") else f"{res['step_s_profiled']:.3f} s/step"))
 
+    # the all-core breakdown (.allcore): operations in every regime, the machine at T
+    allcore = None
+    ops_cfgs = [c for c in suite if c["kind"] == "ops"]
+    if ops_cfgs:
+        allcore = {"ops": {str(t): run(ops_cfgs[0], t) for t in regimes}}
+        for c in (c for c in suite if c["kind"] == "scaling"):
+            allcore["scaling"] = run(c, threads)
+        for t, r in allcore["ops"].items():
+            log(f"  operations at {t} thread(s): " + (
+                r["error"] if r.get("error") else f"{r['step_s']:.3f} s/step"))
+
     loader_res = None
     if loader and mode != "tiny":
         loader_res = run({"kind": "loader", "device": "cpu"})
@@ -315,7 +326,8 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     machine["wall_s"] = time.perf_counter() - t_start
     data = {"machine": machine, "gemm_peak_gflops": peak, "gemm": gemm,
             "records": records, "profiles": profiles, "loader": loader_res,
-            "host_syncs": sync_rows, "regimes": [blocks[t] for t in regimes]}
+            "host_syncs": sync_rows, "regimes": [blocks[t] for t in regimes],
+            "allcore": allcore}
     for t in regimes:
         blocks[t]["targets"] = evaluate_targets(regime_view(data, blocks[t]))
         log(f"targets ({t} thread{'s' if t > 1 else ''}):")

@@ -90,7 +90,8 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
     torch_ok : bool
         Include the PyTorch configurations.
     profile : bool
-        Append cProfile runs of the ResNet-20 BP and PFA (r = 10) steps.
+        Append cProfile runs of the ResNet-20 BP and PFA (r = 10) steps and (CPU) the
+        all-core breakdown of :mod:`.allcore` (kinds ``ops`` and ``scaling``).
     proposals : bool
         Append the ResNet-20 BP and PFA (r = 10) steps under each prototype variant of
         :data:`PROPOSALS` (CPU only), right after the same steps without one.
@@ -159,6 +160,12 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
             c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")
             c["kind"] = "profile"
             cfgs.append(c)
+        if device == "cpu":  # the all-core breakdown (.allcore), run in every regime
+            c = step_config(resnet, "bp", "minigrad", rb, device, 5, 2, "allcore")
+            cfgs.append(dict(c, kind="ops"))
+            cfgs.append({"kind": "scaling", "device": "cpu", "group": "allcore",
+                         "seconds": 0.2 if mode == "tiny" else 1.0,
+                         "rounds": 1 if mode == "tiny" else 3})
     return cfgs
 
 

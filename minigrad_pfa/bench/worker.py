@@ -19,6 +19,9 @@ gemm     float32 GEMM throughput (size x size, NumPy / CuPy / PyTorch): the peak
          step's GFLOP/s are compared with
 loader   :func:`minigrad_pfa.bench.loader.run_loader_bench` (quick)
 profile  cProfile of a few engine steps: the functions with the largest own time
+ops      wall time by operation of a few engine steps, parallel regions inside them
+         (:mod:`minigrad_pfa.bench.allcore`)
+scaling  what T threads gain on this machine for in-cache GEMMs and streaming copies
 """
 from __future__ import annotations
 
@@ -365,7 +368,18 @@ def _short(path: str) -> str:
     return os.path.basename(path) if os.sep in path else path
 
 
-KINDS = {"step": run_step, "gemm": run_gemm, "loader": run_loader, "profile": run_profile}
+def run_ops(cfg) -> dict:
+    from .allcore import run_ops as ops
+    return ops(cfg)
+
+
+def run_scaling(cfg) -> dict:
+    from .allcore import run_scaling as scaling
+    return scaling(cfg)
+
+
+KINDS = {"step": run_step, "gemm": run_gemm, "loader": run_loader, "profile": run_profile,
+         "ops": run_ops, "scaling": run_scaling}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,212 @@
+"""Where an all-core training step goes: wall time by operation, and what the machine scales.
+
+A cProfile (:mod:`.phases`) sees one thread, and its own-time split stops at the NumPy
+calls. With T engine threads the question is different: which operations of the step
+got T times faster, and which did not? Two measurements answer it.
+
+Operations (worker kind ``ops``). The functional entry points the layers call are
+wrapped with wall-clock timers (only the outermost call counts, so nested calls are
+not counted twice), and the pool's parallel regions (:func:`minigrad_pfa.cpu.threads._run`
+with more than one shard) are timed inside each operation::
+
+    t_op        wall time of the operation per step
+    t_par       wall time of its parallel regions           (t_op - t_par: serial part)
+    busy        sum over the shards of their own wall time, over T * t_par
+                (1: every thread busy for the whole region; the rest is waiting for the
+                slowest shard and the pool's hand-off)
+    other       step time - sum of t_op: Python between the operations, the loss,
+                pooling, residual additions (the optimizer's step is an operation)
+
+Run at 1 thread and at T threads, ``t_op(1) / t_op(T)`` is the operation's speed-up.
+
+Machine (worker kind ``scaling``). T Python threads each run independent NumPy work
+that releases the GIL, timed against one thread doing the same: an in-cache float32 GEMM
+(256 x 256, compute-bound) and a streaming copy of 32 MB arrays (memory-bound). Their
+throughput ratios bound what a compute-bound and a memory-bound phase of the engine can
+gain from T threads on this machine, whatever the code does.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+#: operation name -> (module of minigrad_pfa.functional, function), the layers' entry points
+OPERATIONS = {
+    "conv forward": ("conv", "conv2d_forward"),
+    "conv input error": ("conv", "conv2d_input_error"),
+    "conv weight gradient": ("conv", "conv2d_weight_grad"),
+    "PFA channel product": ("conv", "channel_matmul"),
+    "BatchNorm forward": ("batchnorm", "batchnorm_forward"),
+    "BatchNorm backward": ("batchnorm", "batchnorm_backward"),
+    "ReLU forward": ("activation", "relu_forward"),
+    "ReLU backward": ("activation", "relu_backward"),
+    "linear": ("linear", "linear_forward"),
+    "linear input error": ("linear", "linear_input_error"),
+    "linear weight gradient": ("linear", "linear_weight_grad"),
+}
+
+
+class _OpClock:
+    """Wall-clock totals per operation, with the pool's parallel regions inside each."""
+
+    def __init__(self):
+        self.op = defaultdict(float)         # t_op
+        self.par = defaultdict(float)        # t_par
+        self.shard_sum = defaultdict(float)  # sum over shards of their wall time
+        self.current = None                  # the outermost operation running now
+        self._restore = []
+
+    def _wrap_op(self, label, owner, name):
+        """Time ``owner.name`` (a module's function or an object's method) as ``label``."""
+        fn = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            if self.current is not None or threading.current_thread() is not \
+                    threading.main_thread():
+                return fn(*args, **kwargs)
+            self.current = label
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.op[label] += time.perf_counter() - t0
+                self.current = None
+
+        setattr(owner, name, timed)
+        self._restore.append((owner, name, fn))
+
+    def _wrap_pool(self, threads_module):
+        run = threads_module._run
+
+        def timed_run(fn, bounds):
+            if len(bounds) <= 1:
+                return run(fn, bounds)
+            lock, shard_total = threading.Lock(), [0.0]
+
+            def shard(sl):
+                t0 = time.perf_counter()
+                try:
+                    return fn(sl)
+                finally:
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        shard_total[0] += dt
+
+            t0 = time.perf_counter()
+            try:
+                return run(shard, bounds)
+            finally:
+                label = self.current or "other"
+                self.par[label] += time.perf_counter() - t0
+                self.shard_sum[label] += shard_total[0]
+
+        threads_module._run = timed_run
+        self._restore.append((threads_module, "_run", run))
+
+    def install(self):
+        import importlib
+
+        from ..cpu import threads as threads_module
+        for label, (mod, name) in OPERATIONS.items():
+            self._wrap_op(label, importlib.import_module(f"minigrad_pfa.functional.{mod}"),
+                          name)
+        self._wrap_pool(threads_module)
+        return self
+
+    def uninstall(self):
+        for module, name, fn in reversed(self._restore):
+            setattr(module, name, fn)
+        self._restore.clear()
+
+    def reset(self):
+        self.op.clear(), self.par.clear(), self.shard_sum.clear()
+
+
+def run_ops(cfg) -> dict:
+    """Worker kind ``ops``: wall time by operation of ``cfg['steps']`` engine steps.
+
+    Returns ``{"step_s", "operations": {name: {"s", "parallel_s", "busy"}}, "other_s"}``
+    per step, at ``cfg['threads']`` engine threads (set by the worker's setup)."""
+    from ..train import train_step
+    from .worker import _minigrad_setup, timed_steps
+
+    model, layers, opt, x, y, sync, _ = _minigrad_setup(cfg)
+    clock = _OpClock().install()
+    clock._wrap_op("optimizer", opt, "step")
+    try:
+        timed_steps(lambda: train_step(model, layers, opt, x, y), sync, cfg["warmup"], 0)
+        clock.reset()
+        timing = timed_steps(lambda: train_step(model, layers, opt, x, y), sync, 0,
+                             cfg["steps"])
+    finally:
+        clock.uninstall()
+    n, T = cfg["steps"], int(cfg["threads"])
+    step_s = sum(timing["wall"]) / n
+    ops = {}
+    for label in list(OPERATIONS) + ["optimizer"] + (["other"] if clock.par.get("other")
+                                                    else []):
+        t = clock.op.get(label, 0.0)
+        par = clock.par.get(label, 0.0)
+        if label != "other" and t == 0.0:
+            continue
+        ops[label] = {"s": t / n, "parallel_s": par / n,
+                      "busy": clock.shard_sum[label] / (T * par) if par else None}
+    return {"model": cfg["model"], "rule": cfg["rule"], "batch": cfg["batch"],
+            "threads": T, "steps": n, "step_s": step_s, "operations": ops,
+            "other_s": step_s - sum(v["s"] for k, v in ops.items() if k != "other"),
+            "foreign_cores": timing.get("foreign_cores")}
+
+
+def _throughput(work, threads: int, seconds: float) -> float:
+    """Calls of ``work()`` per second summed over ``threads`` threads running it for about
+    ``seconds`` (each thread its own data; NumPy releases the GIL inside the call)."""
+    counts, barrier = [0] * threads, threading.Barrier(threads)
+
+    def loop(k):
+        w = work()
+        w()  # warm
+        barrier.wait()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            w()
+            counts[k] += 1
+
+    ts = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def run_scaling(cfg) -> dict:
+    """Worker kind ``scaling``: throughput of T threads over one thread for an in-cache
+    GEMM and a streaming copy (see the module docstring); BLAS on one thread per caller."""
+    import numpy as np
+
+    from ..cpu import using_threads
+
+    def gemm():
+        a = np.ones((256, 256), np.float32)
+        b, c = a.copy(), np.empty_like(a)
+        return lambda: np.matmul(a, b, out=c)
+
+    def copy():
+        a = np.ones(8 << 20, np.float32)  # 32 MB: far beyond the caches
+        b = np.empty_like(a)
+        return lambda: np.copyto(b, a)
+
+    T, secs = int(cfg["threads"]), float(cfg.get("seconds", 1.0))
+    out = {"threads": T}
+    with using_threads(1):  # BLAS single-threaded inside each Python thread
+        for name, work in (("gemm_in_cache", gemm), ("copy_32mb", copy)):
+            rounds = []
+            for _ in range(int(cfg.get("rounds", 3))):  # interleaved: 1, T, 1, T, ...
+                one = _throughput(work, 1, secs)
+                rounds.append(_throughput(work, T, secs) / one)
+            rounds.sort()
+            out[name] = {"speedup_median": rounds[len(rounds) // 2], "speedups": rounds}
+    return out
+
