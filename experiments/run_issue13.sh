@@ -14,6 +14,10 @@
 #               file is removed (default /work/coord/sci_refresh)
 #   PASSES      passes over the list (default 2: a config missing or failing in pass 1, e.g.
 #               one needing newer code, gets another chance after a refresh)
+#   QUEUE       the list (default experiments/issue13_queue.txt)
+#   ORDER       "reverse": walk the list from its end (a second queue on another free core,
+#               meeting the first in the middle; a run the other queue holds is refused by
+#               its run.lock, logged, and retried in the next pass)
 # Pause/continue the whole queue (script, grid and its training child) with the process
 # group: kill -STOP -- -PGID / kill -CONT -- -PGID (setsid makes PGID = the script's PID).
 #
@@ -28,7 +32,7 @@ cd "$repo" || exit 1
 SCI=${SCI:-/work/sci}
 SCI_REFRESH=${SCI_REFRESH:-/work/coord/sci_refresh}
 PASSES=${PASSES:-2}
-QUEUE_FILE=$repo/experiments/issue13_queue.txt
+QUEUE_FILE=${QUEUE:-$repo/experiments/issue13_queue.txt}
 
 # "family seed out config name run_dir" per queue line
 entries() {
@@ -39,7 +43,7 @@ entries() {
     [ "$seed" = "$fam" ] && seed=0
     name=$(sed -n 's/^name: //p' "$cfg" 2>/dev/null)
     echo "$fam $seed results/$fam $cfg ${name:-?} results/$fam/${name:-?}/seed$seed"
-  done < "$QUEUE_FILE"
+  done < <(if [ "${ORDER:-}" = reverse ]; then tac "$QUEUE_FILE"; else cat "$QUEUE_FILE"; fi)
 }
 
 if [ "$1" = "--status" ]; then
@@ -81,7 +85,8 @@ for pass in $(seq "$PASSES"); do
       --out "$out" --threads 1 < /dev/null >> "$out/grid.log" 2>&1
     rc=$?
     echo "$cfg seed $seed exit $rc wall $(( $(date +%s) - s ))s host $(hostname)" \
-         "code $(git -C "$SCI" rev-parse --short HEAD) pass $pass $(date -u)" >> "$out/runlog.txt"
+         "code $(git -C "$SCI" rev-parse --short HEAD) pass $pass${ORDER:+ order $ORDER}" \
+         "$(date -u)" >> "$out/runlog.txt"
   done
 done
 echo "queue finished $(date -u)" >> "$repo/results/runlog_issue13.txt"
