@@ -2,6 +2,7 @@
 published-PFA PyTorch functions (against autograd), target evaluation, and a tiny
 end-to-end run through the command line (JSON schema, Markdown report)."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -364,6 +365,24 @@ def test_foreign_cores_decide_contention():
     if machine_busy_s() is not None:  # Linux: a measured value, at least 0
         res = timed_steps(lambda: sum(range(10000)), lambda: None, 0, 3)
         assert res["foreign_cores"] >= 0.0
+    # a target is judged on the records it reads: contention measured while another
+    # configuration ran (here a PFA MLP step) leaves the BP ratio decided
+    recs[0]["foreign_cores"] = 0.1
+    recs.append(_rec("mlp", "pfa-o", "minigrad", 64, 0.006, foreign_cores=0.9))
+    t = {x["key"]: x for x in evaluate_targets({"machine": machine, "records": recs})}
+    assert t["mlp_bp_vs_torch"]["met"] is True
+
+
+def test_foreign_cores_ignore_tick_rounding(monkeypatch):
+    """/proc/stat moves in whole ticks per CPU: a busy difference within one tick per CPU
+    of the worker's own CPU time is not another process (short MLP windows)."""
+    from minigrad_pfa.bench import worker
+    ticks = iter([100.0, 100.0 + 0.05 + worker._busy_resolution_s()])
+    monkeypatch.setattr(worker, "machine_busy_s", lambda: next(ticks))
+    res = worker.timed_steps(lambda: time.sleep(0.001), lambda: None, 0, 2)
+    own = sum(res["cpu"])
+    # all the extra busy time beyond own CPU, minus the resolution, over the wall time
+    assert res["foreign_cores"] == pytest.approx(max(0.0, 0.05 - own) / sum(res["wall"]))
 
 
 def test_allcore_breakdown_times_operations_and_regions():

@@ -116,8 +116,8 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
                         1 if slow else rw, group)
         return dict(c, once=True) if once else c
 
-    def M(rule, impl="minigrad", once=False):
-        c = step_config(mlp, rule, impl, mb, device, ms, mw, "mlp")
+    def M(rule, impl="minigrad", once=False, steps=None):
+        c = step_config(mlp, rule, impl, mb, device, steps or ms, mw, "mlp")
         return dict(c, once=True) if once else c
 
     torch = (lambda rules, f: [f(r, "torch") for r in rules]) if torch_ok else \
@@ -130,7 +130,9 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
                 *torch(["pfa-r10"], lambda r, i: R(r, i, once=True)),
                 R("pfa-r10-literal"), R("pfa-r1"), R("pfa-r30")]
         cfgs += [R(r, once=True) for r in ("pfa-o", "fa", "usf", "dfa", "kp")]
-        cfgs += [M("bp"), *torch(["bp"], M)]
+        # the MLP target's pair: 150 steps (~0.5 s a round), a window long enough for the
+        # contention check's clock ticks (worker.timed_steps)
+        cfgs += [M("bp", steps=150), *torch(["bp"], lambda r, i: M(r, i, steps=150))]
         cfgs += [M(r, once=True) for r in ("fa", "usf", "brsf", "frsf", "dfa", "kp", "wm",
                                            "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o",
                                            "pfa-r10-literal", "pfa-r10-fast")]

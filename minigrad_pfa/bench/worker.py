@@ -124,11 +124,24 @@ def timed_steps(step, sync, warmup: int, steps: int, timer: str = "wall") -> dic
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     busy1 = machine_busy_s()
-    # cores that other processes kept busy while this one was measured, on average
+    # cores that other processes kept busy while this one was measured, on average.
+    # /proc/stat counts whole clock ticks per CPU, so the difference of two readings is
+    # uncertain by up to one tick per CPU: that much is not evidence of another process
+    # (a 30-step MLP window of ~0.09 s on 2 CPUs would otherwise read up to 0.2 cores of
+    # "other processes" from rounding alone)
     foreign = None if busy0 is None or busy1 is None or not wall else \
-        max(0.0, (busy1 - busy0 - sum(cpu)) / sum(wall))
+        max(0.0, (busy1 - busy0 - sum(cpu) - _busy_resolution_s()) / sum(wall))
     return {"wall": wall, "cpu": cpu, "times": cpu if timer == "cpu" else wall,
             "foreign_cores": foreign}
+
+
+def _busy_resolution_s() -> float:
+    """The uncertainty of a difference of two :func:`machine_busy_s` readings: one clock
+    tick per CPU (0 where /proc/stat or the tick length is unknown)."""
+    try:
+        return (os.cpu_count() or 1) / os.sysconf("SC_CLK_TCK")
+    except (ValueError, AttributeError, OSError):
+        return 0.0
 
 
 def machine_busy_s() -> float | None:
