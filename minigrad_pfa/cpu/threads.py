@@ -27,14 +27,18 @@ Same computation: a shard computes the rows of the serial result; only the order
 which partial sums are added differs (float rounding, <= 1e-12 relative in float64,
 checked by tests/test_cpu_parallel.py for every rule).
 
-Cost of a shard. Handing a shard to the pool and collecting it costs 25-50 us here
-(median of an empty ``map_shards`` on 2 threads, ``python -m minigrad_pfa.bench.dispatch``),
-and while two threads run NumPy calls with Python in between they take turns for the
-GIL. A shard must carry more work than that: at least ``min_elements`` elements
-(:data:`MIN_ELEMENTS`, ~0.1 ms of a memory-bound pass). Measured on the MLP 784-512-512-10
-at batch 64 with 2 threads, before this rule: a ReLU of 64 x 512 took 217-258 us in two
-shards (about 10 us serially) and the optimizer's two groups 1.05 ms (0.41 ms serially),
-so the whole step was slower on two threads than on one (3.93 vs 3.50 ms).
+Cost of a shard. Handing a shard to the pool and collecting it costs 25-55 us here
+(median of an empty ``map_shards`` on 2 threads), and while two threads run NumPy calls
+with Python in between they take turns for the GIL, each turn a wake-up of a sleeping
+thread. A shard must carry more work than that: at least ``min_elements`` elements
+(:data:`MIN_ELEMENTS`). ``python -m minigrad_pfa.bench.dispatch`` measures both: a ReLU
+forward on 2 threads gains 1.39-1.45x from 524 288 elements up and loses below
+(0.94x at 262 144, 0.50x at 131 072); a BatchNorm forward + backward (five regions with
+serial steps between them) loses up to 524 288 elements at batch 32 (0.47-0.94x) and gains
+only 1.01-1.10x from 524 288 to 2 097 152 at batch 128, so it passes a quarter of its
+size. Measured on the MLP 784-512-512-10 at batch 64 before this rule: a ReLU of 64 x 512
+took 217-258 us in two shards (about 10 us serially) and the optimizer's two groups
+1.05 ms (0.41 ms serially): the step was slower on two threads than on one.
 
 Nested use: an operation running inside a shard never shards again (a thread-local flag),
 so the pool cannot deadlock on itself.
@@ -52,9 +56,9 @@ from .memory import keep_freed_memory
 #: in dispatch (~20-50 us per task) than it saves. Tests pass min_rows=1.
 MIN_ROWS = 2
 
-#: default smallest shard, in elements of work (see "Cost of a shard"): 2**17 float32
-#: elements are 0.5 MB, one pass over them ~0.05-0.1 ms on this machine. Tests pass 1.
-MIN_ELEMENTS = 1 << 17
+#: default smallest shard, in elements of work (see "Cost of a shard"): 2**18 float32
+#: elements are 1 MB, one pass over them ~0.1 ms on this machine. Tests pass 1.
+MIN_ELEMENTS = 1 << 18
 
 #: elements of work per GEMM multiply-add for ``elements=``: one core runs the engine's
 #: float32 GEMMs at ~35 G multiply-adds/s and an elementwise pass at ~2-4 G elements/s
@@ -62,7 +66,7 @@ GEMM_MACS_PER_ELEMENT = 16
 
 #: the optimizer's per-parameter groups are a chain of small NumPy calls with Python in
 #: between (GIL turns): a group needs this many times :data:`MIN_ELEMENTS` to be its own
-GROUP_FACTOR = 8
+GROUP_FACTOR = 4
 
 _state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "min_elements": MIN_ELEMENTS,
           "blas_limiter": None}
