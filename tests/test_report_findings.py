@@ -165,6 +165,8 @@ def test_f2_density_one_borrowed_from_identical_f1_config(tmp_path):
     cells = [c.strip() for c in row(text, "FA").split("|")[1:-1]]
     assert cells == ["FA", "81.00 / 80.0° (F1)", "79.00 / 85.0°", "pending (run not finished)"]
     assert "F2: 2 of 9 points measured" in text
+    # a rule without any F2 run is one entry, not a claim that its rho = 1 run is missing
+    assert "FA at rho = 0.1, uSF (no run of this protocol yet: every rho), PFA (no run" in text
 
 
 def _law(lrs, wds, mu):

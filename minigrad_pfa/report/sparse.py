@@ -41,9 +41,16 @@ def density_points(protocol, groups, summaries) -> "OrderedDict[str, dict]":
 
 
 def _pending(points, grid) -> list[str]:
+    """The grid's missing points; a rule with no run in the protocol at all is one entry
+    (its rho = 1 is borrowed only once a run of its own shows which config to match)."""
     rules, densities = grid
-    return [f"{r} at rho = {d:g}" for r in rules for d in densities
-            if d not in points.get(r, {})]
+    out = []
+    for r in rules:
+        if r not in points:
+            out.append(f"{r} (no run of this protocol yet: every rho)")
+            continue
+        out += [f"{r} at rho = {d:g}" for d in densities if d not in points[r]]
+    return out
 
 
 def sparse_section(groups, summaries, out, plots) -> list[str]:
@@ -70,7 +77,8 @@ def sparse_section(groups, summaries, out, plots) -> list[str]:
     for name, pts, grid in (("F2", f2, F2_GRID), ("E4", e4, E4_GRID)):
         pend = _pending(pts, grid)
         total = len(grid[0]) * len(grid[1])
-        lines += [f"{name}: {total - len(pend)} of {total} points measured"
+        have = sum(d in pts.get(r, {}) for r in grid[0] for d in grid[1])
+        lines += [f"{name}: {have} of {total} points measured"
                   + ("; pending (run not finished): " + ", ".join(pend) + "." if pend else ".")]
     lines.append("")
     if plots and (f2 or e4):
