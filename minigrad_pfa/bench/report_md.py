@@ -305,10 +305,12 @@ def render(data: dict, json_name: str = "") -> str:
               "`torch.set_num_threads` of the same count, on the wall clock; *one thread* "
               "is the per-core efficiency, on the worker's CPU time. The GEMM peak of a "
               "regime is NumPy's BLAS with that many threads.",
-              "- **Contention**: each timed configuration records the cores other "
-              "processes kept busy meanwhile (`/proc/stat` minus the worker's own CPU "
-              "time); above 0.25 the all-core targets are *undecided* (`-`), since one "
-              "busy process slows a multi-threaded step many times over.",
+              "- **Contention**: each timed configuration records the cores others kept "
+              "busy meanwhile (`/proc/stat`'s busy time, hypervisor steal included, minus "
+              "the worker's own CPU time and one clock tick per CPU of rounding); an "
+              "all-core target is *undecided* (`-`) when a configuration it reads saw more "
+              "than 0.25 such cores, since one busy process slows a multi-threaded step "
+              "many times over.",
               "- **BLAS kernel**: `OPENBLAS_CORETYPE` / `OPENBLAS_L2_SIZE` (set on some "
               "machines for old OpenBLAS builds) force a kernel and cache model that can "
               "slow a current NumPy; the machine table records them and the kernel "
