@@ -218,3 +218,19 @@ def test_decay_logged_ratios_used_as_is(tmp_path):
     meas, pred, _ = decay_series(load_run(path))
     assert meas["fc"][1] == [0.5, 0.25] and pred[1] == [0.5, 0.25]
     assert agreement(meas, pred) == 0.0
+
+
+
+def test_training_config_fills_settings_added_after_a_run_was_saved():
+    """A run saved before the schema grew a section (here ``distributed``) trains the same
+    network as a newer run that spells out the default: the two compare equal (E4's
+    rho = 1 is then borrowed from E1), while a real difference still counts."""
+    from minigrad_pfa.config import load_config
+    from minigrad_pfa.report.runs import training_config
+    new = load_config("experiments/e4/pfa_d0.5.yaml")
+    assert new["distributed"] == {"sync_bn": False}
+    old = {k: v for k, v in load_config("experiments/e1/pfa.yaml").items()
+           if k != "distributed"}  # saved before the section existed
+    assert training_config(new, density=1.0) == training_config(old)
+    assert training_config(dict(new, epochs=new["epochs"] + 1), density=1.0) != \
+        training_config(old)

@@ -176,7 +176,15 @@ def training_config(cfg: dict, density: float | None = None) -> dict:
 
     Drops :data:`LABEL_KEYS` and makes the rule's feedback density explicit (``density``,
     when given, replaces it), so that e.g. an E1 run and the E4 protocol at density 1 compare
-    equal exactly when they train the same network the same way."""
+    equal exactly when they train the same network the same way. Settings added to the
+    schema after a run was saved take their defaults (:func:`~minigrad_pfa.config.
+    resolve_config`), so an older run's config compares equal to a newer one that only
+    spells them out (e.g. ``distributed: {sync_bn: false}``)."""
+    from ..config import ConfigError, resolve_config
+    try:
+        cfg = resolve_config(cfg)
+    except ConfigError:  # a config the current schema no longer accepts: compare as saved
+        pass
     c = {k: v for k, v in cfg.items() if k not in LABEL_KEYS}
     spec = rule_spec(cfg)
     spec["feedback_density"] = float(spec.get("feedback_density", 1.0)
