@@ -12,10 +12,10 @@ which says so in one line), 1 when any check failed.
 from __future__ import annotations
 
 import argparse
-
-from .cli_doc import documented_parser
 import json
 import time
+
+from .cli_doc import documented_parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

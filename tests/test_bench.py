@@ -415,3 +415,16 @@ def test_allcore_breakdown_times_operations_and_regions():
     text = "\n".join(_allcore_section({"ops": {"1": serial, "2": sharded},
                                        "scaling": scaling}))
     assert "| conv forward |" in text and "in-cache GEMM" in text and "**step**" in text
+
+
+def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
+    """``python -m minigrad_pfa.bench.dispatch``: the pool's hand-off time and the ReLU / BN
+    timings on 1 and 2 threads (one small shape here) that calibrate MIN_ELEMENTS."""
+    from minigrad_pfa.bench import dispatch
+    r = dispatch.dispatch_cost(2, calls=50)
+    assert r["threads"] == 2 and 0 < r["q1_s"] <= r["median_s"] <= r["q3_s"]
+    monkeypatch.setattr(dispatch, "SHAPES", [(4, 8, 4)])
+    rows = dispatch.op_scaling(2, rounds=1, calls=2)
+    assert rows[0]["elements"] == 4 * 8 * 4 * 4
+    assert all(rows[0][k] > 0 for k in ("relu_1", "relu_2", "bn_1", "bn_2"))
+    assert dispatch.main(["2"]) == 0 and "speed-up" in capsys.readouterr().out

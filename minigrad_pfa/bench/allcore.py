@@ -57,7 +57,7 @@ class _OpClock:
         self.current = None                  # the outermost operation running now
         self._restore = []
 
-    def _wrap_op(self, label, owner, name):
+    def wrap(self, label, owner, name):
         """Time ``owner.name`` (a module's function or an object's method) as ``label``."""
         fn = getattr(owner, name)
 
@@ -109,7 +109,7 @@ class _OpClock:
 
         from ..cpu import threads as threads_module
         for label, (mod, name) in OPERATIONS.items():
-            self._wrap_op(label, importlib.import_module(f"minigrad_pfa.functional.{mod}"),
+            self.wrap(label, importlib.import_module(f"minigrad_pfa.functional.{mod}"),
                           name)
         self._wrap_pool(threads_module)
         return self
@@ -120,7 +120,8 @@ class _OpClock:
         self._restore.clear()
 
     def reset(self):
-        self.op.clear(), self.par.clear(), self.shard_sum.clear()
+        for totals in (self.op, self.par, self.shard_sum):
+            totals.clear()
 
 
 def run_ops(cfg) -> dict:
@@ -133,7 +134,7 @@ def run_ops(cfg) -> dict:
 
     model, layers, opt, x, y, sync, _ = _minigrad_setup(cfg)
     clock = _OpClock().install()
-    clock._wrap_op("optimizer", opt, "step")
+    clock.wrap("optimizer", opt, "step")
     try:
         timed_steps(lambda: train_step(model, layers, opt, x, y), sync, cfg["warmup"], 0)
         clock.reset()

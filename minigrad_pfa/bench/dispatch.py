@@ -2,7 +2,7 @@
 
 ``python -m minigrad_pfa.bench.dispatch [THREADS]`` prints
 
-* the median and quartiles of :func:`minigrad_pfa.cpu.threads.dispatch_cost`: one empty
+* the median and quartiles of :func:`dispatch_cost`: one empty
   ``map_shards`` hand-off and collection (default: all usable cores);
 * for ResNet-20's activation shapes at batch 32 and 128 (float32, channels-last), the
   time of a ReLU forward and of a BatchNorm forward + backward on one thread and sharded
@@ -12,17 +12,33 @@
 """
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
 import numpy as np
 
-from ..cpu.threads import dispatch_cost, usable_cores, using_threads
+from ..cpu.threads import map_shards, usable_cores, using_threads
 from ..functional import activation as F_act
 from ..functional import batchnorm as F_bn
 
 #: (batch, channels, side) of the activations measured
 SHAPES = [(b, c, s) for b in (32, 128) for c, s in ((16, 32), (32, 16), (64, 8))]
+
+
+def dispatch_cost(threads: int | None = None, calls: int = 2000) -> dict:
+    """Seconds for one empty :func:`map_shards` over ``threads`` shards (the pool's own
+    hand-off and collection, no work): quartiles of ``calls`` timed calls."""
+    t = threads or usable_cores()
+    times = []
+    with using_threads(t, min_rows=1, min_elements=1):
+        for k in range(calls + 100):  # the first 100: warm-up
+            a = time.perf_counter()
+            map_shards(lambda sl: None, t)
+            if k >= 100:
+                times.append(time.perf_counter() - a)
+    q1, med, q3 = statistics.quantiles(times, n=4)
+    return {"threads": t, "calls": calls, "q1_s": q1, "median_s": med, "q3_s": q3}
 
 
 def _fifth(f, calls: int) -> float:

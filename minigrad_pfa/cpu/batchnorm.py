@@ -25,6 +25,15 @@ import numpy as np
 from ..functional import batchnorm as _ref  # the serial reference (check_count)
 from .threads import map_shards, sum_shards
 
+#: BN's passes run as several short parallel regions with serial steps in between, so a
+#: shard needs 4x the pool's smallest work (:mod:`.threads`, "Cost of a shard")
+WORK_DIVISOR = 4
+
+
+def work(F) -> int:
+    """Elements of work of a training BN on the flat array ``F``, for the shard rule."""
+    return F.size // WORK_DIVISOR
+
 
 def _colsum(F, r, G=None):
     """Per-row-position column sums of one shard (length r*c, not yet folded over r)."""
@@ -47,7 +56,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
     """
     g = F.shape[0]
     m = g * r
-    s = _fold(sum_shards(lambda sl: _colsum(F[sl], r), g), r)
+    s = _fold(sum_shards(lambda sl: _colsum(F[sl], r), g, elements=work(F)), r)
     if reduce is not None:
         s = reduce(np.concatenate([s, np.full((1,), m, dtype=s.dtype)]))
         s, m = s[:-1], int(round(float(s[-1])))
@@ -60,7 +69,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
         np.subtract(F[sl], mean_t, out=xc[sl])
         return _colsum(xc[sl], r, xc[sl])
 
-    sq = _fold(sum_shards(center, g), r)
+    sq = _fold(sum_shards(center, g, elements=work(F)), r)
     var = (sq if reduce is None else reduce(sq)) / m
     inv_std = 1.0 / np.sqrt(var + eps)
     scale_t, beta_t = np.tile(gamma * inv_std, r), np.tile(beta, r)
@@ -70,7 +79,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
         np.multiply(xc[sl], scale_t, out=y[sl])
         y[sl] += beta_t
 
-    map_shards(affine, g)
+    map_shards(affine, g, elements=work(F))
     return y, xc, mean, var, inv_std, m
 
 
@@ -81,7 +90,8 @@ def train_backward(D, xc, r, inv_std, gamma, m, reduce=None):
     sums over the ranks (as the reference does).
     """
     g = D.shape[0]
-    sb_t, sg_t = sum_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g)
+    sb_t, sg_t = sum_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g,
+                            elements=work(D))
     dbeta = _fold(sb_t, r)
     dgamma = _fold(sg_t, r) * inv_std
     sb, sg = dbeta, dgamma
@@ -99,5 +109,5 @@ def train_backward(D, xc, r, inv_std, gamma, m, reduce=None):
         np.subtract(D[sl], out, out=out)
         out *= k_t
 
-    map_shards(rows, g)
+    map_shards(rows, g, elements=work(D))
     return dx, dgamma, dbeta

@@ -278,21 +278,3 @@ def for_each_balanced(items: list, size, fn, xp=None) -> None:
 
     _run(run, groups)
 
-
-def dispatch_cost(threads: int | None = None, calls: int = 2000) -> dict:
-    """Seconds for one empty :func:`map_shards` over ``threads`` shards (the pool's own
-    hand-off and collection, no work): quartiles of ``calls`` timed calls."""
-    import statistics
-    import time
-
-    t = threads or usable_cores()
-    times = []
-    with using_threads(t, min_rows=1, min_elements=1):
-        for k in range(calls + 100):  # the first 100: warm-up
-            a = time.perf_counter()
-            map_shards(lambda sl: None, t)
-            if k >= 100:
-                times.append(time.perf_counter() - a)
-    q1, med, q3 = statistics.quantiles(times, n=4)
-    return {"threads": t, "calls": calls, "q1_s": q1, "median_s": med, "q3_s": q3}
-

@@ -43,11 +43,6 @@ from .fused import kernels
 
 _FLOAT_DTYPES = ("float32", "float64")
 
-#: batch shards (several CPU threads) for training BN only from 4x the pool's smallest
-#: shard of work: its passes run as several short parallel regions with serial steps in
-#: between (:mod:`minigrad_pfa.cpu.threads`, "Cost of a shard")
-_SHARD_WORK_DIVISOR = 4
-
 
 def _flat(a):
     """Return ``(F, r)``: ``a`` as a (g, r*c) array of rows of r positions x c channels.
@@ -202,7 +197,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     m = F.shape[0] * r
     xp = get_array_module(x)
     if training:
-        if is_sharded(xp, F.shape[0], F.size // _SHARD_WORK_DIVISOR):  # NumPy with several engine threads: batch shards
+        # NumPy with several engine threads and enough work: batch shards
+        if is_sharded(xp, F.shape[0], _cpu_bn.work(F)):
             y, xc, mean, var, inv_std, m = _cpu_bn.train_forward(F, r, gamma, beta, eps,
                                                                  reduce, x.shape)
         else:
@@ -266,8 +262,7 @@ def batchnorm_backward(dy, cache):
                          f"forward input, got {dy.dtype}")
     D, r = _flat(dy)
     inv_std, gamma = cache["inv_std"], cache["gamma"]
-    if cache["training"] and is_sharded(get_array_module(D), D.shape[0],
-                                        D.size // _SHARD_WORK_DIVISOR):
+    if cache["training"] and is_sharded(get_array_module(D), D.shape[0], _cpu_bn.work(D)):
         dx, dgamma, dbeta = _cpu_bn.train_backward(D, cache["xc"], r, inv_std, gamma,
                                                    cache["m"], cache["reduce"])
         return _unflat(dx, shape), dgamma, dbeta

@@ -16,15 +16,12 @@ from ..cpu import elementwise as _cpu
 from ..cpu.threads import GEMM_MACS_PER_ELEMENT, is_sharded
 
 
-def _work(macs: int) -> int:
-    """A GEMM's multiply-adds as elements of work (:mod:`minigrad_pfa.cpu.threads`)."""
-    return int(macs) // GEMM_MACS_PER_ELEMENT
-
-
-def _sharded(a, features: int, macs: int) -> bool:
-    """NumPy with several engine threads and a GEMM worth sharding: feature shards
-    (:mod:`minigrad_pfa.cpu`)."""
-    return a.ndim == 2 and is_sharded(get_array_module(a), features, _work(macs))
+def _shard_work(a, features: int, macs: int):
+    """The GEMM's work in elements (multiply-adds / ``GEMM_MACS_PER_ELEMENT``) when it runs
+    in feature shards (NumPy, several engine threads, enough work: :mod:`minigrad_pfa.cpu`),
+    else None (one serial GEMM)."""
+    work = int(macs) // GEMM_MACS_PER_ELEMENT
+    return work if a.ndim == 2 and is_sharded(get_array_module(a), features, work) else None
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
@@ -36,9 +33,8 @@ def _sharded(a, features: int, macs: int) -> bool:
 # thread vs 4.7 ms serial).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
-    macs = x.size * W.shape[0]
-    y = _cpu.matmul_rows(W, x.T, _work(macs)).T if _sharded(x, W.shape[0], macs) \
-        else x @ W.T
+    work = _shard_work(x, W.shape[0], x.size * W.shape[0])
+    y = x @ W.T if work is None else _cpu.matmul_rows(W, x.T, work).T
     if b is not None:
         y += b
     return y
@@ -46,16 +42,14 @@ def linear_forward(x, W, b=None):
 
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
-    macs = delta.size * M.shape[1]
-    return _cpu.matmul_rows(M.T, delta.T, _work(macs)).T if _sharded(delta, M.shape[1], macs) \
-        else delta @ M
+    work = _shard_work(delta, M.shape[1], delta.size * M.shape[1])
+    return delta @ M if work is None else _cpu.matmul_rows(M.T, delta.T, work).T
 
 
 def linear_weight_grad(delta, x):
     """``gW = delta.T @ x``; delta (n, out'), x (n, in) -> (out', in)."""
-    macs = delta.size * x.shape[1]
-    return _cpu.matmul_rows(delta.T, x, _work(macs)) if _sharded(delta, delta.shape[1], macs) \
-        else delta.T @ x
+    work = _shard_work(delta, delta.shape[1], delta.size * x.shape[1])
+    return delta.T @ x if work is None else _cpu.matmul_rows(delta.T, x, work)
 
 
 def linear_bias_grad(delta):
