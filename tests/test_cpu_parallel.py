@@ -61,7 +61,7 @@ def test_sharded_resnet_steps_equal_serial(name, spec):
 @pytest.mark.parametrize("name,spec", SPECS, ids=[k for k, _ in SPECS])
 def test_sharded_mlp_steps_equal_serial(name, spec):
     make = lambda: build_model("mlp", 0, "float64", in_features=12,  # noqa: E731
-                               hidden=(10, 8), num_classes=4)
+                               hidden=(24, 16), num_classes=4)
     serial = _train(make, spec, 1, (12,))
     sharded = _train(make, spec, 3, (12,))
     for k in serial:
@@ -81,14 +81,89 @@ def test_sharded_adam_steps_equal_serial():
         assert _rel(sharded[k], serial[k]) <= 1e-8, k
 
 
+def _train_f32(model_kwargs, spec, threads, input_shape, n, steps=2):
+    """float32 state after ``steps`` SGD steps with ``threads`` engine threads, at the shard
+    sizes the engine uses (``min_elements`` a quarter of the default, so that a batch of 32
+    also cuts BN's sums into blocks; every GEMM piece still runs OpenBLAS's regular kernel,
+    see cpu.threads "Same numbers with any T")."""
+    kw = dict(model_kwargs)
+    model = build_model(kw.pop("name"), 0, "float32", **kw)
+    attach_rules(model, spec, 0, input_shape=input_shape)
+    layers = list(weight_layers(model).values())
+    opt = build_optimizer("sgd", list(model.named_parameters(trainable_only=True)), lr=0.05,
+                          momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(1)
+    with cpu.using_threads(threads, min_elements=cpu_threads.MIN_ELEMENTS // 4):
+        for _ in range(steps):
+            x = rng.standard_normal((n,) + input_shape).astype(np.float32)
+            train_step(model, layers, opt, x, rng.integers(0, 10, size=n))
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("name,spec", SPECS, ids=[k for k, _ in SPECS])
+def test_same_bits_on_one_and_two_threads(name, spec):
+    """A run's numbers do not depend on --threads: ResNet-20 (32 x 32, batch 32) and the MLP
+    (784-256-256, batch 64) in float32 give the same bits on 1 and 2 threads, every rule
+    (sums in fixed blocks, row shards of full GEMM kernels; minigrad_pfa.cpu.threads)."""
+    for kw, shape, n in (({"name": "resnet20", "num_classes": 10}, (3, 32, 32), 32),
+                         ({"name": "mlp", "in_features": 784, "hidden": (256, 256),
+                           "num_classes": 10}, (784,), 64)):
+        one = _train_f32(kw, spec, 1, shape, n)
+        two = _train_f32(kw, spec, 2, shape, n)
+        for k in one:
+            assert np.array_equal(one[k], two[k]), (kw["name"], k)
+
+
+def test_sums_are_cut_into_blocks_whatever_the_threads(monkeypatch):
+    """The blocks of a sum depend on the batch and the work only; sum_blocks adds the
+    blocks' partials in block order on 1 and on 3 threads (the same bits), and the conv
+    weight gradient and BN really use several blocks at these sizes."""
+    E = cpu_threads.MIN_ELEMENTS
+    sizes = {}
+    for t in (1, 3):
+        with cpu.using_threads(t):
+            sizes[t] = [(b.start, b.stop) for b in cpu_threads.block_bounds(128, 8 * E)]
+            assert len(cpu_threads.block_bounds(128, None)) == cpu_threads.MAX_BLOCKS
+            assert len(cpu_threads.block_bounds(4, 8 * E)) == 2  # n // min_rows
+    assert sizes[1] == sizes[3] and len(sizes[1]) == 8
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal(1000).astype(np.float32) for _ in range(8)]
+    blocks = cpu_threads.shard_bounds(8, 8)
+    want = parts[0]
+    for p in parts[1:]:
+        want = want + p
+    for t in (1, 3):
+        with cpu.using_threads(t):
+            got = cpu_threads.sum_blocks(lambda run: [parts[b.start] for b in run], blocks)
+        assert np.array_equal(got, want)
+    seen = []
+    real = cpu_threads.sum_blocks
+
+    def spy(fn, bounds):
+        seen.append(len(bounds))
+        return real(fn, bounds)
+
+    from minigrad_pfa.cpu import batchnorm as cpu_bn
+    monkeypatch.setattr(F_conv, "sum_blocks", spy)
+    monkeypatch.setattr(cpu_bn, "sum_blocks", spy)
+    x = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)
+    W = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    y, cache = F_conv.conv2d_forward(x, W, None, 1, 1)
+    F_conv.conv2d_weight_grad(y, cache)  # serial (1 thread) and still in blocks
+    g1 = np.ones(16, np.float32)
+    F_bn.batchnorm_forward(np.concatenate([x] * 4), g1, 0 * g1, None, None,
+                           training=True, update_stats=False)
+    assert len(seen) == 3 and min(seen) > 1, seen  # gW; BN's two sums
+
+
 def test_sharding_really_happens():
     """The equality tests above would pass vacuously if nothing sharded: count the shards."""
     calls = []
     real = cpu_threads._run
 
-    def spy(fn, bounds):
+    def spy(fn, bounds, **kw):
         calls.append(len(bounds))
-        return real(fn, bounds)
+        return real(fn, bounds, **kw)
 
     cpu_threads._run = spy
     try:
@@ -108,9 +183,9 @@ def test_shards_need_enough_work():
     calls = []
     real = cpu_threads._run
 
-    def spy(fn, bounds):
+    def spy(fn, bounds, **kw):
         calls.append(len(bounds))
-        return real(fn, bounds)
+        return real(fn, bounds, **kw)
 
     E = cpu_threads.MIN_ELEMENTS
     cpu_threads._run = spy

@@ -79,9 +79,9 @@ class _OpClock:
     def _wrap_pool(self, threads_module):
         run = threads_module._run
 
-        def timed_run(fn, bounds):
+        def timed_run(fn, bounds, **kw):
             if len(bounds) <= 1:
-                return run(fn, bounds)
+                return run(fn, bounds, **kw)
             lock, shard_total = threading.Lock(), [0.0]
 
             def shard(sl):
@@ -95,7 +95,7 @@ class _OpClock:
 
             t0 = time.perf_counter()
             try:
-                return run(shard, bounds)
+                return run(shard, bounds, **kw)
             finally:
                 label = self.current or "other"
                 self.par[label] += time.perf_counter() - t0

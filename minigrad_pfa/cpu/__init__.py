@@ -5,8 +5,8 @@ sharded operations live next to their serial reference (conv's sample chunks) or
 (:mod:`.batchnorm`, :mod:`.elementwise`), dispatched only for NumPy arrays, so CuPy and
 the device-agnostic reference code never see them.
 """
-from .threads import (THREADS_ENV, default_threads, get_threads, is_sharded, map_shards,
-                      set_threads, sum_shards, usable_cores, using_threads)
+from .threads import (THREADS_ENV, block_bounds, default_threads, get_threads, is_sharded,
+                      map_shards, set_threads, sum_blocks, usable_cores, using_threads)
 
-__all__ = ["THREADS_ENV", "default_threads", "get_threads", "is_sharded", "map_shards",
-           "set_threads", "sum_shards", "usable_cores", "using_threads"]
+__all__ = ["THREADS_ENV", "block_bounds", "default_threads", "get_threads", "is_sharded",
+           "map_shards", "set_threads", "sum_blocks", "usable_cores", "using_threads"]

@@ -1,19 +1,22 @@
-"""Training-mode batch norm over batch shards (NumPy, :mod:`.threads`).
+"""Training-mode batch norm in fixed blocks of the batch, shared among threads (NumPy,
+:mod:`.threads`).
 
 Notation as in :mod:`minigrad_pfa.functional.batchnorm`: F (g, r*c) the flat input (rows of
 r positions x c channels), m = g*r values per channel, xc = F - mu, inv_std, k = gamma *
-inv_std; shard k holds rows [a_k, a_{k+1}) of every flat array.
+inv_std; block b holds rows [a_b, a_{b+1}) of every flat array (:func:`.threads.block_bounds`,
+fixed by g and the work, never by the thread count).
 
-    statistics   s   = sum_k colsum(F[k])        sq = sum_k colsum(xc[k] * xc[k])
+    statistics   s   = sum_b colsum(F[b])        sq = sum_b colsum(xc[b] * xc[b])
                  mu  = s / m,  var = sq / m      (optional ``reduce`` adds them over ranks)
-    forward      xc[k] = F[k] - mu               y[k] = xc[k] * (gamma * inv_std) + beta
-    backward     dbeta = sum_k colsum(D[k])      dgamma = inv_std * sum_k colsum(D[k] * xc[k])
+    forward      xc[b] = F[b] - mu               y[k] = xc[k] * (gamma * inv_std) + beta
+    backward     dbeta = sum_b colsum(D[b])      dgamma = inv_std * sum_b colsum(D[b] * xc[b])
                  dx[k] = k * (D[k] - (xc[k] * (inv_std * dgamma / m) + dbeta / m))
 
-The same equations as the serial reference, which stays the one definition for CuPy
-and for one thread; only the order of the additions in the column sums differs (partial
-sums per shard, added in shard order). ``colsum`` is the reference's two-stage sum (rows
-first, then the r positions), applied per shard.
+The same equations as the serial reference (the one definition for CuPy and for a batch
+too small to cut): the column sums are the partials of the blocks added in block order
+(:func:`.threads.sum_blocks`), so they have the same bits on any number of threads; the
+elementwise maps (y, dx) run in row shards (k), which cannot change a bit. ``colsum`` is
+the reference's two-stage sum (rows first, then the r positions), applied per block.
 
 Passes over memory per shard: forward 3 reads + 2 writes (sum; xc and its squares in one
 task; the affine map), backward 2 reads (both sums in one task) + 1 write.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional import batchnorm as _ref  # the serial reference (check_count)
-from .threads import map_shards, sum_shards
+from .threads import block_bounds, map_shards, sum_blocks
 
 #: BN's passes run as several short parallel regions with serial steps in between, so a
 #: shard needs 4x the pool's smallest work (:mod:`.threads`, "Cost of a shard")
@@ -56,7 +59,8 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
     """
     g = F.shape[0]
     m = g * r
-    s = _fold(sum_shards(lambda sl: _colsum(F[sl], r), g, elements=work(F)), r)
+    blocks = block_bounds(g, work(F))
+    s = _fold(sum_blocks(lambda run: [_colsum(F[b], r) for b in run], blocks), r)
     if reduce is not None:
         s = reduce(np.concatenate([s, np.full((1,), m, dtype=s.dtype)]))
         s, m = s[:-1], int(round(float(s[-1])))
@@ -65,11 +69,12 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
     mean_t = np.tile(mean, r)
     xc = np.empty_like(F)
 
-    def center(sl):  # xc = F - mu and its squared sums, one task per shard
-        np.subtract(F[sl], mean_t, out=xc[sl])
-        return _colsum(xc[sl], r, xc[sl])
+    def center(run):  # xc = F - mu and its squared sums, block by block
+        for b in run:
+            np.subtract(F[b], mean_t, out=xc[b])
+        return [_colsum(xc[b], r, xc[b]) for b in run]
 
-    sq = _fold(sum_shards(center, g, elements=work(F)), r)
+    sq = _fold(sum_blocks(center, blocks), r)
     var = (sq if reduce is None else reduce(sq)) / m
     inv_std = 1.0 / np.sqrt(var + eps)
     scale_t, beta_t = np.tile(gamma * inv_std, r), np.tile(beta, r)
@@ -90,8 +95,8 @@ def train_backward(D, xc, r, inv_std, gamma, m, reduce=None):
     sums over the ranks (as the reference does).
     """
     g = D.shape[0]
-    sb_t, sg_t = sum_shards(lambda sl: (_colsum(D[sl], r), _colsum(D[sl], r, xc[sl])), g,
-                            elements=work(D))
+    sb_t, sg_t = sum_blocks(lambda run: [(_colsum(D[b], r), _colsum(D[b], r, xc[b]))
+                                         for b in run], block_bounds(g, work(D)))
     dbeta = _fold(sb_t, r)
     dgamma = _fold(sg_t, r) * inv_std
     sb, sg = dbeta, dgamma

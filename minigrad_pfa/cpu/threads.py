@@ -13,19 +13,34 @@ copies, reductions, BLAS calls), so T Python threads that each apply NumPy opera
 their own shard of the batch run on T cores. Every operation of the CPU step that is
 worth it splits its batch axis into S contiguous shards, runs ``fn(shard)`` for each on
 the pool (the calling thread takes shard 0) and either writes disjoint rows of one output
-or returns per-shard partial sums that the caller adds in shard order::
+or, for a sum over the batch, computes the partial sums of fixed blocks (below)::
 
     rows   y[a_k:a_{k+1}] = f(x[a_k:a_{k+1}])                  (forward, input errors, ReLU)
-    sums   g = sum_k g_k,  g_k = sum over rows in shard k      (weight gradients, BN stats)
+    sums   g = sum_b g_b,  g_b = sum over rows in block b      (weight gradients, BN stats)
 
 With T > 1 BLAS is set to one thread (threadpoolctl): the shards are the parallelism, and
 T single-threaded GEMMs on disjoint rows do not wait on each other the way one multi-
 threaded OpenBLAS call does for its spinning helpers (measured on this 2-core shared box:
 a ResNet-20 BP step with 2 OpenBLAS threads took 1.7-22 s under load, 1.0 s with one).
 
-Same computation: a shard computes the rows of the serial result; only the order in
-which partial sums are added differs (float rounding, <= 1e-12 relative in float64,
-checked by tests/test_cpu_parallel.py for every rule).
+Same numbers with any T. A row shard computes rows of the serial result. Sums are cut
+into *blocks* whose bounds depend on the batch and the work alone, never on T (at most
+:data:`MAX_BLOCKS`; :func:`num_blocks`): every block's partial sum is computed alone,
+whichever thread runs it, and the partials are added in block order on the calling
+thread, serially too::
+
+    blocks   B = min(MAX_BLOCKS, n // min_rows, E // min_elements)   (>= 1; T not involved)
+    sums     g = (((g_0 + g_1) + g_2) + ... + g_{B-1}),   g_b = sum over the rows of block b
+
+so a run gives the same bits with 1 thread or 16 (tests/test_cpu_parallel.py checks every
+rule in float32 at 1 and 2 threads). Row shards need no such care as long as every piece
+of a GEMM runs OpenBLAS's regular kernel, whose rounding of a row does not depend on the
+other rows: measured, (M, K) @ (K, N) cut into row pieces equals the whole bit for bit
+when each piece has >= 8 rows and is not "small" (OpenBLAS takes other kernels for a 1-7
+row piece and for small problems, M*N*K up to about 10^6 on this SkylakeX build). Hence
+row shards of a GEMM keep :data:`GEMM_MIN_ROWS` rows and :data:`MIN_ELEMENTS` of work
+(4.2 M multiply-adds); tests that shrink ``min_elements`` to shard tiny models compare to
+a tolerance instead.
 
 Cost of a shard. Handing a shard to the pool and collecting it costs 25-55 us here
 (median of an empty ``map_shards`` on 2 threads), and while two threads run NumPy calls
@@ -63,6 +78,15 @@ MIN_ELEMENTS = 1 << 18
 #: elements of work per GEMM multiply-add for ``elements=``: one core runs the engine's
 #: float32 GEMMs at ~35 G multiply-adds/s and an elementwise pass at ~2-4 G elements/s
 GEMM_MACS_PER_ELEMENT = 16
+
+#: fewest rows of a GEMM result in one row shard: OpenBLAS computes a 1-7 row piece with
+#: another kernel that rounds differently (see "Same numbers with any T")
+GEMM_MIN_ROWS = 8
+
+#: most blocks a sum over the batch is cut into (:func:`num_blocks`): the limit of a
+#: reduction's parallelism, and what one thread pays for bits that do not depend on T
+#: (up to this many partial sums instead of one accumulation)
+MAX_BLOCKS = 16
 
 #: the optimizer's per-parameter groups are a chain of small NumPy calls with Python in
 #: between (GIL turns): a group needs this many times :data:`MIN_ELEMENTS` to be its own
@@ -180,14 +204,20 @@ def using_threads(n: int, min_rows: int | None = None, min_elements: int | None 
             _state["blas_limiter"] = None
 
 
-def num_shards(n: int, elements: int | None = None) -> int:
+def num_shards(n: int, elements: int | None = None, gemm_rows: int | None = None) -> int:
     """S = min(T, n // min_rows, elements // min_elements), or 1 inside a shard, with one
-    thread, or for a small n or little work (``elements`` None: no work bound)."""
+    thread, or for a small n or little work (``elements`` None: no work bound).
+
+    ``gemm_rows``: the shards are the rows of a GEMM result, this many per batch row; each
+    shard then also gets at least :data:`GEMM_MIN_ROWS` of them (see "Same numbers").
+    """
     if _state["threads"] == 1 or getattr(_local, "inside", False):
         return 1
     s = min(_state["threads"], n // _state["min_rows"])
     if elements is not None:
         s = min(s, int(elements) // _state["min_elements"])
+    if gemm_rows is not None:
+        s = min(s, n * int(gemm_rows) // GEMM_MIN_ROWS)
     return max(1, s)
 
 
@@ -203,37 +233,71 @@ def shard_bounds(n: int, shards: int) -> list[slice]:
 
 
 def _inside(fn, sl):
+    was = getattr(_local, "inside", False)  # restored: a nested block group runs here too
     _local.inside = True
     try:
         return fn(sl)
     finally:
-        _local.inside = False
+        _local.inside = was
 
 
-def map_shards(fn, n: int, xp=None, elements: int | None = None) -> list:
+def map_shards(fn, n: int, xp=None, elements: int | None = None,
+               gemm_rows: int | None = None) -> list:
     """``[fn(slice_k) for each shard k]`` with the shards run concurrently.
 
     ``fn`` gets a slice of the batch axis; results come back in shard order. Shard 0 runs
     on the calling thread. With one shard (one thread, a small ``n`` or ``elements``,
     inside a shard, or ``xp`` given and not NumPy) this is just ``[fn(slice(0, n))]``.
+    ``gemm_rows``: see :func:`num_shards`.
     """
-    s = num_shards(n, elements) if xp is None or xp.__name__ == "numpy" else 1
+    s = num_shards(n, elements, gemm_rows) if xp is None or xp.__name__ == "numpy" else 1
     return _run(fn, shard_bounds(n, s))
 
 
-def _run(fn, bounds: list) -> list:
-    """``[fn(b) for b in bounds]``, bounds[1:] on the pool, bounds[0] here."""
+def _run(fn, bounds: list, always_inside: bool = False) -> list:
+    """``[fn(b) for b in bounds]``, bounds[1:] on the pool, bounds[0] here (``always_inside``:
+    a single bound runs as a shard too, so that what ``fn`` calls never shards again)."""
     if len(bounds) <= 1:
-        return [fn(bounds[0])] if bounds else []
+        if not bounds:
+            return []
+        return [_inside(fn, bounds[0]) if always_inside else fn(bounds[0])]
     futures = [_state["pool"].submit(_inside, fn, sl) for sl in bounds[1:]]
     first = _inside(fn, bounds[0])
     return [first] + [f.result() for f in futures]
 
 
-def sum_shards(fn, n: int, xp=None, elements: int | None = None):
-    """``sum_k fn(slice_k)`` added in shard order (the partial-sum reduction); ``fn`` may
-    return an array or a tuple of arrays (added element by element)."""
-    parts = map_shards(fn, n, xp, elements)
+def num_blocks(n: int, elements: int | None = None, xp=None) -> int:
+    """B = min(MAX_BLOCKS, n // min_rows, elements // min_elements), at least 1; 1 for arrays
+    that are not NumPy's. Independent of the thread count (and of being inside a shard), so
+    a sum cut into these blocks has the same bits whoever computes it."""
+    if xp is not None and xp.__name__ != "numpy":
+        return 1
+    b = min(MAX_BLOCKS, n // _state["min_rows"])
+    if elements is not None:
+        b = min(b, int(elements) // _state["min_elements"])
+    return max(1, b)
+
+
+def block_bounds(n: int, elements: int | None = None, xp=None,
+                 at_least: int = 1) -> list[slice]:
+    """The blocks of :func:`num_blocks` (or ``at_least`` of them, up to n) as contiguous slices
+    of range(n), sizes differing by at most one."""
+    return shard_bounds(n, max(1, min(n, max(num_blocks(n, elements, xp), at_least))))
+
+
+def sum_blocks(fn, bounds: list):
+    """``((g_0 + g_1) + ...) + g_{B-1}`` over the blocks ``bounds`` (:func:`block_bounds`).
+
+    ``fn(blocks)`` gets a contiguous run of the blocks (a list of slices) and returns their
+    partial sums ``[g_b for b in blocks]``, each computed alone (so a caller can set up its
+    scratch buffers once per run). The runs are min(T, B) contiguous groups on the pool
+    (one here); the calling thread adds the partials in block order. A partial may be an
+    array or a tuple of arrays (added element by element). Same bits for any T.
+    """
+    inside = getattr(_local, "inside", False)
+    groups = shard_bounds(len(bounds), 1 if inside else min(_state["threads"], len(bounds)))
+    parts = [p for run in _run(lambda gs: fn(bounds[gs]), groups, always_inside=True)
+             for p in run]
     total = parts[0]
     for p in parts[1:]:
         total = total + p if not isinstance(total, tuple) else \
@@ -241,10 +305,16 @@ def sum_shards(fn, n: int, xp=None, elements: int | None = None):
     return total
 
 
-def is_sharded(xp, n: int, elements: int | None = None) -> bool:
+def is_blocked(xp, n: int, elements: int | None = None) -> bool:
+    """True when a sum over a NumPy batch of ``n`` rows (``elements`` of work) is cut into
+    blocks (:func:`num_blocks`; whatever the thread count)."""
+    return num_blocks(n, elements, xp) > 1
+
+
+def is_sharded(xp, n: int, elements: int | None = None, gemm_rows: int | None = None) -> bool:
     """True when an operation on NumPy arrays with batch ``n`` (and ``elements`` of work)
-    would split into shards."""
-    return xp.__name__ == "numpy" and num_shards(n, elements) > 1
+    would split into shards (``gemm_rows``: :func:`num_shards`)."""
+    return xp.__name__ == "numpy" and num_shards(n, elements, gemm_rows) > 1
 
 
 def for_each_balanced(items: list, size, fn, xp=None) -> None:

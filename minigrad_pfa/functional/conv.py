@@ -41,13 +41,18 @@ On NumPy (the default there, :func:`use_chunks`) im2col and the GEMM run chunk b
 chunk with ``s`` chosen so that one chunk's ``col`` is about :data:`CHUNK_BYTES` (it
 stays in the CPU caches between the copy that writes it and the GEMM that reads it),
 written into one reused buffer; the weight gradient recomputes ``col`` chunk by chunk
-from the cached input instead of caching the whole batch's ``col``. On CuPy the default
+from the cached input instead of caching the whole batch's ``col``. Its chunks are the
+blocks of :func:`minigrad_pfa.cpu.threads.block_bounds` (at least n / s of them, fixed by
+the batch and the work), each block's ``delta2d[b].T @ col[b]`` computed alone and the
+partials added in block order, so ``gW`` has the same bits on any number of threads.
+On CuPy the default
 is one whole-batch GEMM (the better shape for a GPU), with ``col`` cached.
 """
 from __future__ import annotations
 
 from ..backend import get_array_module
-from ..cpu.threads import is_sharded, map_shards, sum_shards
+from ..cpu.threads import (GEMM_MACS_PER_ELEMENT, block_bounds, is_sharded, map_shards,
+                           sum_blocks)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -359,12 +364,14 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
         def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
             xs, ys = xl[sl], y[sl]
             s = samples_per_chunk(xs.shape[0], oh, ow, kh * kw * ic, x.dtype.itemsize)
+            s = -(-xs.shape[0] // -(-xs.shape[0] // s))  # equal chunks: no small remainder
             cols = _ChunkWindows(xs, kh, kw, stride, padding, s)
             for a in range(0, xs.shape[0], s):
                 m = min(s, xs.shape[0] - a)
                 xp.matmul(cols(a, m), WmT, out=ys[a:a + m].reshape(-1, oc))
 
-        map_shards(rows, n, xp)
+        macs = n * oh * ow * kh * kw * ic * oc
+        map_shards(rows, n, xp, elements=macs // GEMM_MACS_PER_ELEMENT, gemm_rows=oh * ow)
         y2d, col = y.reshape(-1, oc), None
     else:
         col, (oh, ow) = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
@@ -555,11 +562,13 @@ def conv2d_input_error(delta, M, x_shape, stride, padding, method: str = "auto",
         return _input_error_conv(delta, M, padding, chunked)
     fn = _input_error_fold if method == "fold" else _input_error_col2im
     xp = get_array_module(delta)
-    if not is_sharded(xp, n):
+    work = n * oh * ow * ocp * ic * kh * kw // GEMM_MACS_PER_ELEMENT
+    if not is_sharded(xp, n, work, gemm_rows=oh * ow):
         return fn(delta, M, (n, ic, h, w), stride, padding)
     # batch shards (cpu.threads): samples are independent, so each shard folds its own
     parts = map_shards(lambda sl: fn(delta[sl], M, (sl.stop - sl.start, ic, h, w), stride,
-                                     padding).transpose(0, 2, 3, 1), n, xp)
+                                     padding).transpose(0, 2, 3, 1), n, xp, work,
+                      gemm_rows=oh * ow)
     return xp.concatenate(parts, axis=0).transpose(0, 3, 1, 2)
 
 
@@ -597,17 +606,21 @@ def conv2d_weight_grad(delta, cache):
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
         d3 = d2.reshape(n, oh * ow, ocp)
 
-        def partial(sl):  # sum over the chunks of one batch shard (cpu.threads)
-            xs, ds = xl[sl], d3[sl].reshape(-1, ocp)
-            s = samples_per_chunk(xs.shape[0], oh, ow, K, x.dtype.itemsize)
-            cols = _ChunkWindows(xs, kh, kw, stride, padding, s)
-            g = xp.zeros((ocp, K), dtype=delta.dtype)
-            for a in range(0, xs.shape[0], s):
-                m = min(s, xs.shape[0] - a)
-                g += ds[a * oh * ow:(a + m) * oh * ow].T @ cols(a, m)
-            return g
+        # blocks of the batch fixed by its size alone (cpu.threads.block_bounds): at least
+        # the chunks' count, so that a block's col fits CHUNK_BYTES; a run of blocks per
+        # thread, one partial per block, added in block order (the same bits for any T)
+        chunks = -(-n // samples_per_chunk(n, oh, ow, K, x.dtype.itemsize))
+        blocks = block_bounds(n, n * oh * ow * K * ocp // GEMM_MACS_PER_ELEMENT, xp,
+                              at_least=chunks)
 
-        gKmat = sum_shards(partial, n, xp)
+        def partials(run):  # [delta2d[b].T @ col[b] for each block b of a run]
+            a0 = run[0].start
+            cols = _ChunkWindows(xl[a0:run[-1].stop], kh, kw, stride, padding,
+                                 max(b.stop - b.start for b in run))
+            return [d3[b].reshape(-1, ocp).T @ cols(b.start - a0, b.stop - b.start)
+                    for b in run]
+
+        gKmat = sum_blocks(partials, blocks)
     else:
         if col is None:
             col, _ = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
@@ -642,5 +655,5 @@ def channel_matmul(a, B):
     out = xp.empty((n, h * w, k), dtype=a.dtype)
     # rows of samples are independent: batch shards write disjoint rows (cpu.threads)
     map_shards(lambda sl: xp.matmul(a3[sl].reshape(-1, c), B, out=out[sl].reshape(-1, k)),
-               n, xp)
+               n, xp, elements=n * h * w * c * k // GEMM_MACS_PER_ELEMENT, gemm_rows=h * w)
     return out.reshape(n, h, w, B.shape[1]).transpose(0, 3, 1, 2)

@@ -21,20 +21,23 @@ def _shard_work(a, features: int, macs: int):
     in feature shards (NumPy, several engine threads, enough work: :mod:`minigrad_pfa.cpu`),
     else None (one serial GEMM)."""
     work = int(macs) // GEMM_MACS_PER_ELEMENT
-    return work if a.ndim == 2 and is_sharded(get_array_module(a), features, work) else None
+    sharded = a.ndim == 2 and is_sharded(get_array_module(a), features, work, gemm_rows=1)
+    return work if sharded else None
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
 # reading the whole (small) batch, so no partial sums and no copies: ``y.T = W @ x.T`` by
 # rows of W, ``delta_in.T = M.T @ delta.T`` by columns of M, ``gW = delta.T @ x`` by rows
-# of gW. y and delta_in come back as transposed (Fortran-ordered) views: measured on the
+# of gW. y and delta_in are copied back to C order (n x features, small next to the GEMM):
+# the layers after would otherwise see another layout than on one thread, and OpenBLAS's
+# small-problem kernels round a transposed operand differently. Measured on the
 # MLP 784-512-512-10 at batch 64, batch shards of 32 rows plus the weight gradients'
 # partial sums cost more than they saved (2 threads: 7.7 ms of CPU, 4.9 ms on the calling
 # thread vs 4.7 ms serial).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
     work = _shard_work(x, W.shape[0], x.size * W.shape[0])
-    y = x @ W.T if work is None else _cpu.matmul_rows(W, x.T, work).T
+    y = x @ W.T if work is None else _cpu.matmul_rows(W, x.T, work).T.copy()
     if b is not None:
         y += b
     return y
@@ -43,7 +46,7 @@ def linear_forward(x, W, b=None):
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
     work = _shard_work(delta, M.shape[1], delta.size * M.shape[1])
-    return delta @ M if work is None else _cpu.matmul_rows(M.T, delta.T, work).T
+    return delta @ M if work is None else _cpu.matmul_rows(M.T, delta.T, work).T.copy()
 
 
 def linear_weight_grad(delta, x):
@@ -53,5 +56,10 @@ def linear_weight_grad(delta, x):
 
 
 def linear_bias_grad(delta):
-    """``gb = delta.sum(0)``; delta (n, out) -> (out,)."""
-    return delta.sum(axis=0)
+    """``gb = delta.sum(0)``; delta (n, out) -> (out,).
+
+    Summed over the rows of the C-ordered delta whatever its layout: NumPy adds the rows of
+    a C-ordered array one after another but a Fortran-ordered one (the transposed result of
+    the feature shards above) pairwise, so the same numbers would round differently with
+    one and with several engine threads (a copy of n x out values; free when C-ordered)."""
+    return get_array_module(delta).ascontiguousarray(delta).sum(axis=0)
