@@ -6,7 +6,8 @@ continued with :meth:`Trainer.resume` must produce a metrics.jsonl and results.j
 field by field and bit for bit, to the uninterrupted run's, except the wall-clock fields
 (``train_time_s``, ``wall_s``) and the recorded command lines; the final checkpoints must be
 equal array by array. Checked for PFA on an MLP and for brSF (per-step random feedback
-with a counter) on a ResNet-8 with BatchNorm and crop/flip augmentation.
+with a counter) on a ResNet-8 with BatchNorm and crop/flip augmentation, and for a run
+resumed on another number of CPU threads.
 
 Divergence: a NaN loss stops the run with :class:`DivergenceError` whose message says
 where and what was kept; the last good checkpoint still loads and the run can continue.
@@ -196,6 +197,33 @@ def test_resume_equals_uninterrupted_resnet8_brsf_bn(tmp_path, monkeypatch):
     draws = [v for k, v in arrays.items() if k.endswith("feedback_draws")]
     assert draws and all(int(d) == 9 for d in draws)
     assert int(arrays["model/bn1.num_batches_tracked"]) == 9
+
+
+def test_resume_on_another_thread_count_is_the_same_run(tmp_path, monkeypatch):
+    """Started on 1 thread, resumed on 2: bit for bit the uninterrupted 1-thread run (the CPU
+    step has the same bits on any thread count; on 2 threads this MLP's 784 -> 256 layer and
+    PFA's 768-unit products split into shards)."""
+    import numpy as np
+
+    from minigrad_pfa import cpu
+    from minigrad_pfa.cpu import threads as cpu_threads
+    base = mlp_cfg()
+    cfg = mlp_cfg(model={"name": "mlp", "hidden": [256, 256]},
+                  data=dict(base["data"], batch_size=64, limit_train=192))
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    with cpu.using_threads(1):
+        make_trainer(cfg, ref).fit()
+        with monkeypatch.context() as mp:
+            Interrupt(mp, train_mod, "train_step", n=5)  # 3 steps per epoch: epoch 1, step 2
+            with pytest.raises(KeyboardInterrupt):
+                make_trainer(cfg, out).fit()
+    with cpu.using_threads(2):
+        assert cpu_threads.is_sharded(np, 256, 64 * 784 * 256 // 16, gemm_rows=1)
+        trainer = make_trainer(cfg, out)
+        trainer.resume()
+        assert trainer.start_epoch == 1
+        trainer.fit()
+    assert_same_run(str(ref), str(out))
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path, reference_mlp):
