@@ -139,9 +139,9 @@ def test_sums_are_cut_into_blocks_whatever_the_threads(monkeypatch):
     seen = []
     real = cpu_threads.sum_blocks
 
-    def spy(fn, bounds):
+    def spy(fn, bounds, xp=None):
         seen.append(len(bounds))
-        return real(fn, bounds)
+        return real(fn, bounds, xp)
 
     from minigrad_pfa.cpu import batchnorm as cpu_bn
     monkeypatch.setattr(F_conv, "sum_blocks", spy)
@@ -288,3 +288,24 @@ def test_keep_freed_memory_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt thresholds are glibc's")
     assert keep_freed_memory() is True and keep_freed_memory() is True  # idempotent
+
+
+def test_sum_blocks_stays_on_the_calling_thread_for_other_array_modules():
+    """Blocks of CuPy arrays (conv's chunked=True on a GPU) are added in the same order but
+    never handed to the CPU pool."""
+    import threading
+    import types
+
+    seen = []
+
+    def partials(run):
+        seen.append(threading.get_ident())
+        return [np.ones(3) for _ in run]
+
+    bounds = cpu_threads.shard_bounds(8, 4)
+    with cpu.using_threads(2):
+        cpu_threads.sum_blocks(partials, bounds)
+        assert len(set(seen)) == 2  # NumPy: two groups on two threads
+        seen.clear()
+        got = cpu_threads.sum_blocks(partials, bounds, types.SimpleNamespace(__name__="cupy"))
+    assert seen == [threading.get_ident()] and np.array_equal(got, 4 * np.ones(3))

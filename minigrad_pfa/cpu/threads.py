@@ -285,17 +285,18 @@ def block_bounds(n: int, elements: int | None = None, xp=None,
     return shard_bounds(n, max(1, min(n, max(num_blocks(n, elements, xp), at_least))))
 
 
-def sum_blocks(fn, bounds: list):
+def sum_blocks(fn, bounds: list, xp=None):
     """``((g_0 + g_1) + ...) + g_{B-1}`` over the blocks ``bounds`` (:func:`block_bounds`).
 
     ``fn(blocks)`` gets a contiguous run of the blocks (a list of slices) and returns their
     partial sums ``[g_b for b in blocks]``, each computed alone (so a caller can set up its
     scratch buffers once per run). The runs are min(T, B) contiguous groups on the pool
-    (one here); the calling thread adds the partials in block order. A partial may be an
-    array or a tuple of arrays (added element by element). Same bits for any T.
+    (one here, and for arrays ``xp`` that are not NumPy's); the calling thread adds the
+    partials in block order. A partial may be an array or a tuple of arrays (added element
+    by element). Same bits for any T.
     """
-    inside = getattr(_local, "inside", False)
-    groups = shard_bounds(len(bounds), 1 if inside else min(_state["threads"], len(bounds)))
+    serial = getattr(_local, "inside", False) or (xp is not None and xp.__name__ != "numpy")
+    groups = shard_bounds(len(bounds), 1 if serial else min(_state["threads"], len(bounds)))
     parts = [p for run in _run(lambda gs: fn(bounds[gs]), groups, always_inside=True)
              for p in run]
     total = parts[0]

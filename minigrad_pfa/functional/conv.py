@@ -620,7 +620,7 @@ def conv2d_weight_grad(delta, cache):
             return [d3[b].reshape(-1, ocp).T @ cols(b.start - a0, b.stop - b.start)
                     for b in run]
 
-        gKmat = sum_blocks(partials, blocks)
+        gKmat = sum_blocks(partials, blocks, xp)
     else:
         if col is None:
             col, _ = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
