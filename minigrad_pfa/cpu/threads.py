@@ -6,7 +6,9 @@ T : the engine's threads (``set_threads``), n : rows of an array's first (batch)
 E : the operation's work in elements (array elements it passes over; a GEMM's
     multiply-adds / :data:`GEMM_MACS_PER_ELEMENT`), when the caller gives it,
 S = min(T, n // min_rows, E // min_elements) : shards of one operation,
-shard k : rows [a_k, a_{k+1}).
+shard k : rows [a_k, a_{k+1}),
+B = min(MAX_BLOCKS, n // min_rows, E // min_elements) : blocks of a sum over the batch
+    (no T in it), block b : rows [a_b, a_{b+1}).
 
 Model of the parallel step. NumPy releases the GIL inside array operations (ufunc loops,
 copies, reductions, BLAS calls), so T Python threads that each apply NumPy operations to
