@@ -349,6 +349,37 @@ def test_all_core_targets_undecided_on_contended_cores():
         t["mlp_bp_vs_torch"]["detail"]
 
 
+def test_targets_undecided_when_the_rounds_disagree():
+    """A ratio target is decided only when the pooled value and every interleaved round
+    alone fall on the same side of the threshold; the rounds' range is always reported.
+    The PFA spread (biased upwards round by round) keeps its pooled verdict."""
+    machine = {"mode": "full", "device_kind": "cpu", "threads": 2, "cpus_usable": 2}
+    recs = [_rec("resnet20", "bp", "minigrad", 128, 1.25, round_step_s=[1.2, 1.25, 1.28],
+                 flops=5e10, gflops=40.0),
+            _rec("resnet20", "bp", "torch", 128, 1.0, round_step_s=[1.0, 1.0, 1.0])]
+    data = {"machine": machine, "records": recs, "gemm_peak_gflops": 100.0}
+    t = {x["key"]: x for x in evaluate_targets(data)}
+    bp = t["resnet_bp_vs_torch"]
+    assert bp["met"] is True and bp["rounds"] == pytest.approx([1.2, 1.25, 1.28])
+    assert "rounds 1.2 to 1.28" in bp["detail"] and "undecided" not in bp["detail"]
+    frac = t["resnet_bp_gemm_fraction"]  # 5e10 flops / t_k / 100 GFLOP/s
+    assert frac["rounds"] == pytest.approx([50 / 1.2 / 100, 0.4, 50 / 1.28 / 100])
+    assert frac["met"] is None  # 0.417 >= 0.4 in round 1, 0.391 < 0.4 in round 3
+    recs[0]["round_step_s"] = [1.2, 1.25, 1.4]  # one round over 1.3: the noise decides
+    bp = {x["key"]: x for x in evaluate_targets(data)}["resnet_bp_vs_torch"]
+    assert bp["met"] is None and "on both sides of the target: undecided" in bp["detail"]
+    recs[0]["round_step_s"] = [1.35, 1.35, 1.35]  # every round over, pooled under
+    assert {x["key"]: x for x in evaluate_targets(data)}["resnet_bp_vs_torch"]["met"] is None
+    recs[0]["round_step_s"] = [1.2]  # a single round: the pooled value alone
+    bp = {x["key"]: x for x in evaluate_targets(data)}["resnet_bp_vs_torch"]
+    assert bp["met"] is True and bp["rounds"] is None
+    spread = [_rec("resnet20", f"pfa-r{r}", "minigrad", 128, 1.0 + 0.01 * i,
+                   round_step_s=[1.0, 1.5, 1.0][i:] + [1.0, 1.5, 1.0][:i])
+              for i, r in enumerate((1, 10, 30))]
+    t = {x["key"]: x for x in evaluate_targets({"machine": machine, "records": spread})}
+    assert t["resnet_pfa_r_spread"]["met"] is True and t["resnet_pfa_r_spread"]["rounds"] is None
+
+
 def test_foreign_cores_decide_contention():
     """Other processes' busy cores while timing (from /proc/stat) decide the all-core
     targets when recorded; a record over 0.25 cores makes them undecided."""

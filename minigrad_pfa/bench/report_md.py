@@ -311,6 +311,11 @@ def render(data: dict, json_name: str = "") -> str:
               "all-core target is *undecided* (`-`) when a configuration it reads saw more "
               "than 0.25 such cores, since one busy process slows a multi-threaded step "
               "many times over.",
+              "- **Rounds**: a ratio target's *from* column gives its value in each "
+              "interleaved round alone; the target is met or missed only when the pooled "
+              "value and every round fall on the same side of the threshold, else it is "
+              "*undecided* (`-`): on this shared machine the noise, not the code, would "
+              "decide it (`minigrad_pfa.bench.targets.round_values`).",
               "- **BLAS kernel**: `OPENBLAS_CORETYPE` / `OPENBLAS_L2_SIZE` (set on some "
               "machines for old OpenBLAS builds) force a kernel and cache model that can "
               "slow a current NumPy; the machine table records them and the kernel "
@@ -422,7 +427,7 @@ def main(argv=None) -> int:
                     help="write here (default: print to stdout)")
     args = ap.parse_args(argv)
     data = json.loads(Path(args.json).read_text())
-    text = render(data, json_name=Path(args.json).name)
+    text = render(data, json_name=args.json)
     if args.output:
         Path(args.output).write_text(text)
     else:

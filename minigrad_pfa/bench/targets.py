@@ -94,6 +94,30 @@ def find(records, model, rule, impl="minigrad", batch=None, device=None):
     return None
 
 
+def round_values(key: str, used: list, peak=None) -> list | None:
+    """The target's value computed from each interleaved round alone (its records' per-round
+    medians ``round_step_s``), or None when fewer than two rounds have every record.
+
+    Ratios: ``a_k / b_k``; the GEMM fraction: ``flops / t_k / peak``. Round k of every
+    configuration ran in the same stretch of time (:mod:`.regimes`), so the per-round
+    values show how far the machine's noise moves the figure. Not for the PFA spread
+    (max / min - 1 of three noisy medians is biased upwards round by round: in one run
+    its rounds gave 0.27-0.42 where the pooled medians gave 0.085) nor for memory."""
+    if key in ("resnet_pfa_peak_mb", "resnet_pfa_r_spread") or not used:
+        return None
+    rounds = [r.get("round_step_s") or [] for r in used]
+    k = min(len(x) for x in rounds)
+    if k < 2 or any(t is None for x in rounds for t in x[:k]):
+        return None
+    if key == "resnet_bp_gemm_fraction":
+        if not peak:
+            return None
+        return [used[0]["flops"] / t / 1e9 / peak for t in rounds[0][:k]]
+    if len(used) != 2:
+        return None
+    return [a / b for a, b in zip(rounds[0][:k], rounds[1][:k])]
+
+
 def evaluate_targets(data: dict) -> list[dict]:
     """Each target's measured value, threshold and whether it is met.
 
@@ -105,7 +129,12 @@ def evaluate_targets(data: dict) -> list[dict]:
     Returns
     -------
     list of dict: ``key``, ``description``, ``op``, ``target``, ``value`` (float or None),
-    ``met`` (bool or None), ``detail`` (the figures the value is made of).
+    ``met`` (bool or None), ``detail`` (the figures the value is made of), ``rounds`` (the
+    value from each interleaved round alone, or None; :func:`round_values`).
+
+    A ratio target is decided only when the pooled value and every round alone fall on the
+    same side of the threshold; otherwise it is *undecided* (the noise, not the code,
+    would decide it), as is an all-core target whose records saw contention.
     """
     recs = data["records"]
     mode = data.get("machine", {}).get("mode", "full")
@@ -164,6 +193,13 @@ def evaluate_targets(data: dict) -> list[dict]:
                 value = r["peak_mb"]
                 detail = f"batch {rb}" + ("" if rb == 128 else " (not the target's batch 128)")
         met = None if value is None else (value <= thr if op == "<=" else value >= thr)
+        per_round = round_values(key, list(used), data.get("gemm_peak_gflops"))
+        if per_round is not None and value is not None:
+            sides = {(v <= thr if op == "<=" else v >= thr) for v in per_round} | {met}
+            detail += f"; rounds {min(per_round):.3g} to {max(per_round):.3g}"
+            if len(sides) > 1:
+                met = None
+                detail += " (on both sides of the target: undecided)"
         # a target is undecided by contention measured while *its* records were timed
         busy = contention(data, used) if table is TARGETS_ALL_CORES and used else None
         if key == "resnet_pfa_peak_mb" and rb != 128:
@@ -172,7 +208,7 @@ def evaluate_targets(data: dict) -> list[dict]:
             met = None  # wall-clock times on contended cores: the noise would decide
             detail += f"; undecided: {busy}"
         out.append({"key": key, "description": desc, "op": op, "target": thr,
-                    "value": value, "met": met, "detail": detail})
+                    "value": value, "met": met, "detail": detail, "rounds": per_round})
     return out
 
 
