@@ -447,10 +447,10 @@ def test_chunk_rule_and_cache_contents(monkeypatch, rng):
     g = C.conv2d_weight_grad(d, cache_w)
     for c in (cache, cache_wx):
         np.testing.assert_allclose(C.conv2d_weight_grad(d, c), g, rtol=1e-12, atol=1e-12)
-    # ResNet-20's first stage at batch 128 in float32: 64*32*32*144*4 B = 37.7 MB of col
-    # per 64 samples; 4 MB chunks -> 7 samples (a 3.9 MB col)
-    assert C.CHUNK_BYTES == 4 << 20
-    assert C.samples_per_chunk(128, 32, 32, 144, 4) == 7
+    # ResNet-20's first stage at batch 128 in float32: 32*32*144*4 B = 0.59 MB of col per
+    # sample; 2 MB chunks -> 3 samples (a 1.8 MB col)
+    assert C.CHUNK_BYTES == 2 << 20
+    assert C.samples_per_chunk(128, 32, 32, 144, 4) == 3
     assert C.samples_per_chunk(3, 32, 32, 144, 4) == 3   # never more than the batch
     assert C.samples_per_chunk(128, 224, 224, 147, 4) == 1  # at least one sample
     monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 64 * 27 * 8)  # 2 samples per chunk

@@ -280,8 +280,10 @@ def _delta2d(delta):
 #: Target bytes of one chunk's ``col`` on the chunked path: small enough to stay in the
 #: L2/L3 caches between im2col's copy and the GEMM, large enough for an efficient GEMM.
 #: Measured for ResNet-20 at batch 128 (float32, 1 CPU thread): the chunked path with
-#: 4 MB makes a BP step 1.77 s -> 1.0 s and its peak RSS 1.06 GB -> 0.33 GB.
-CHUNK_BYTES = 4 << 20
+#: 4 MB makes a BP step 1.77 s -> 1.0 s and its peak RSS 1.06 GB -> 0.33 GB. 2 MB (one
+#: core's L2 on the 2-core EPYC VM) against 4 MB, whole BP steps in interleaved rounds:
+#: batch 128 0.94-0.99x on 1 thread and 0.96-0.99x on 2, batch 32 0.94x and 0.86-0.96x.
+CHUNK_BYTES = 2 << 20
 
 
 def use_chunks(xp, chunked=None) -> bool:
@@ -400,8 +402,8 @@ def conv2d_forward(x, W, b, stride, padding, keep_col: bool = True, chunked=None
         whole-batch GEMM; None: chunks on NumPy, whole batch on CuPy (:func:`use_chunks`).
         Measured for ResNet-20 at batch 128 in float32 on one CPU thread: the whole-batch
         ``col`` of a 16-channel 32x32 3x3 conv is 75 MB (about 0.78 GB cached over the 19
-        convs); chunks of :data:`CHUNK_BYTES` stay in cache, which makes that layer's
-        forward 3x faster (52 -> 17 ms), and recomputing ``col`` chunk by chunk makes its
+        convs); chunks of :data:`CHUNK_BYTES` (4 MB then) stay in cache, which makes that
+        layer's forward 3x faster (52 -> 17 ms), and recomputing ``col`` chunk by chunk makes its
         weight gradient cost what the GEMM on the cached ``col`` did (17 ms; a
         whole-batch recompute took 34 ms).
 
