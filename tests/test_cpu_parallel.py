@@ -42,7 +42,7 @@ def _train(make, spec, threads, input_shape, optimizer="sgd", steps=5):
         else build_optimizer(optimizer, list(model.named_parameters(trainable_only=True)),
                              lr=1e-3, weight_decay=5e-4)
     rng = np.random.default_rng(1)
-    n = 6
+    n = 8  # Linear shards its features from GEMM_MIN_ROWS = 8 batch rows up
     x = rng.standard_normal((n,) + input_shape)
     y = rng.integers(0, 4, size=n)
     with cpu.using_threads(threads, min_rows=1, min_elements=1):
@@ -312,3 +312,27 @@ def test_sum_blocks_stays_on_the_calling_thread_for_other_array_modules():
         seen.clear()
         got = cpu_threads.sum_blocks(partials, bounds, types.SimpleNamespace(__name__="cupy"))
     assert seen == [threading.get_ident()] and np.array_equal(got, 4 * np.ones(3))
+
+
+def test_edge_batches_keep_their_bits():
+    """A one-sample batch through a Linear layer large enough to shard (NumPy takes a
+    matrix-vector product there), an empty batch through conv, and the smallest shard of a
+    GEMM split (>= GEMM_MIN_ROWS rows even when the shard sizes differ)."""
+    from minigrad_pfa.functional import linear as F_lin
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3000, 3000)).astype(np.float32)
+    x = rng.standard_normal((1, 3000)).astype(np.float32)
+    serial = [F_lin.linear_forward(x, W), F_lin.linear_input_error(x, W)]
+    with cpu.using_threads(2):
+        sharded = [F_lin.linear_forward(x, W), F_lin.linear_input_error(x, W)]
+    assert all(np.array_equal(a, b) for a, b in zip(serial, sharded))
+    x0 = np.zeros((0, 3, 8, 8), np.float32)
+    W0 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    with cpu.using_threads(2):
+        y0, c0 = F_conv.conv2d_forward(x0, W0, None, 1, 1)
+        assert y0.shape == (0, 4, 8, 8)
+        assert np.array_equal(F_conv.conv2d_weight_grad(y0, c0), np.zeros_like(W0))
+    with cpu.using_threads(4, min_rows=1, min_elements=1):
+        s = cpu_threads.num_shards(11, gemm_rows=3)
+        sizes = [b.stop - b.start for b in cpu_threads.shard_bounds(11, s)]
+        assert s > 1 and min(sizes) * 3 >= cpu_threads.GEMM_MIN_ROWS, sizes

@@ -218,8 +218,8 @@ def num_shards(n: int, elements: int | None = None, gemm_rows: int | None = None
     s = min(_state["threads"], n // _state["min_rows"])
     if elements is not None:
         s = min(s, int(elements) // _state["min_elements"])
-    if gemm_rows is not None:
-        s = min(s, n * int(gemm_rows) // GEMM_MIN_ROWS)
+    if gemm_rows is not None:  # every shard, the smallest included, >= GEMM_MIN_ROWS rows
+        s = min(s, n // -(-GEMM_MIN_ROWS // max(1, int(gemm_rows))))
     return max(1, s)
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..cpu.threads import (GEMM_MACS_PER_ELEMENT, block_bounds, is_sharded, map_shards,
-                           sum_blocks)
+                           shard_bounds, sum_blocks)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -364,13 +364,15 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
         y = xp.empty((n, oh, ow, oc), dtype=x.dtype)
 
         def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
-            xs, ys = xl[sl], y[sl]
-            s = samples_per_chunk(xs.shape[0], oh, ow, kh * kw * ic, x.dtype.itemsize)
-            s = -(-xs.shape[0] // -(-xs.shape[0] // s))  # equal chunks: no small remainder
-            cols = _ChunkWindows(xs, kh, kw, stride, padding, s)
-            for a in range(0, xs.shape[0], s):
-                m = min(s, xs.shape[0] - a)
-                xp.matmul(cols(a, m), WmT, out=ys[a:a + m].reshape(-1, oc))
+            xs, ys, m = xl[sl], y[sl], sl.stop - sl.start
+            if m == 0:
+                return
+            s = samples_per_chunk(m, oh, ow, kh * kw * ic, x.dtype.itemsize)
+            # chunks of sizes differing by at most one sample: no small remainder
+            chunks = shard_bounds(m, -(-m // s))
+            cols = _ChunkWindows(xs, kh, kw, stride, padding, chunks[0].stop)
+            for c in chunks:
+                xp.matmul(cols(c.start, c.stop - c.start), WmT, out=ys[c].reshape(-1, oc))
 
         macs = n * oh * ow * kh * kw * ic * oc
         map_shards(rows, n, xp, elements=macs // GEMM_MACS_PER_ELEMENT, gemm_rows=oh * ow)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
-from ..cpu.threads import GEMM_MACS_PER_ELEMENT, is_sharded
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, is_sharded
 
 
 def _shard_work(a, features: int, macs: int):
@@ -21,12 +21,15 @@ def _shard_work(a, features: int, macs: int):
     in feature shards (NumPy, several engine threads, enough work: :mod:`minigrad_pfa.cpu`),
     else None (one serial GEMM)."""
     work = int(macs) // GEMM_MACS_PER_ELEMENT
-    sharded = a.ndim == 2 and is_sharded(get_array_module(a), features, work, gemm_rows=1)
+    # a batch under GEMM_MIN_ROWS rows stays serial: with n = 1 NumPy takes a matrix-vector
+    # product, which rounds differently in the serial and the sharded orientation
+    sharded = a.ndim == 2 and a.shape[0] >= GEMM_MIN_ROWS and \
+        is_sharded(get_array_module(a), features, work, gemm_rows=1)
     return work if sharded else None
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
-# reading the whole (small) batch, so no partial sums and no copies: ``y.T = W @ x.T`` by
+# reading the whole (small) batch, so no partial sums: ``y.T = W @ x.T`` by
 # rows of W, ``delta_in.T = M.T @ delta.T`` by columns of M, ``gW = delta.T @ x`` by rows
 # of gW. y and delta_in are copied back to C order (n x features, small next to the GEMM):
 # the layers after would otherwise see another layout than on one thread, and OpenBLAS's
