@@ -169,6 +169,14 @@ def test_e4_density_table_and_undefined_dfa_alignment(runs, report):
         assert row("\n".join("| " + " | ".join(r) + " |" for r in density),
                    rule.upper())[1:] == [f"{a:.2f}" for a in accs]
     assert "final-epoch test accuracy (no checkpoint selection)" in sec
+    # the drop from dense to the sparsest density, from the same runs
+    drops = {rule: accs for rule, accs in (
+        (r, [read(runs / f"e4_{r}_d{d:g}" / "seed0")[1]["test_acc"] for d in (1.0, 0.5)])
+        for r in ("fa", "dfa"))}
+    line = [x for x in sec.splitlines() if x.startswith("Change from rho = 1")][0]
+    for rule, (dense, sparse) in drops.items():
+        assert re.search(rf"(?<![A-Za-z]){rule.upper()} {sparse - dense:+.2f} \(rho = 0\.5\)",
+                         line), line
     align = table_with(sec, ["layer"])
     fc = [r for r in align if r[0] == "fc"][0]
     assert fc[align[0].index("DFA")] == "n/a"
