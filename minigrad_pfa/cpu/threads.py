@@ -27,9 +27,10 @@ a ResNet-20 BP step with 2 OpenBLAS threads took 1.7-22 s under load, 1.0 s with
 
 Same numbers with any T. A row shard computes rows of the serial result. Sums are cut
 into *blocks* whose bounds depend on the batch and the work alone, never on T (at most
-:data:`MAX_BLOCKS`; :func:`num_blocks`): every block's partial sum is computed alone,
-whichever thread runs it, and the partials are added in block order on the calling
-thread, serially too::
+:data:`MAX_BLOCKS`, :func:`num_blocks`, unless the caller needs more: conv's weight
+gradient takes one block per im2col chunk, :func:`block_bounds`): every block's partial sum
+is computed alone, whichever thread runs it, and the partials are added in block order on
+the calling thread, serially too::
 
     blocks   B = min(MAX_BLOCKS, n // min_rows, E // min_elements)   (>= 1; T not involved)
     sums     g = (((g_0 + g_1) + g_2) + ... + g_{B-1}),   g_b = sum over the rows of block b
