@@ -6,7 +6,8 @@ channels-last layout) and each shard writes its own rows::
 
     ReLU      y[k]  = max(x[k], 0),   mask[k] = x[k] > 0,   dx[k] = dy[k] * mask[k]
     GEMM      out[k] = A[k] @ B       (rows of A; :mod:`minigrad_pfa.functional.linear`
-                                       shards the features: A = W, M.T or delta.T)
+                                       shards the features: A = delta.T)
+              out[:, k] = a @ B[:, k] (columns of B: B = W.T or M, C-ordered out)
 
 Each equals its serial reference (:mod:`minigrad_pfa.functional.activation`,
 :mod:`minigrad_pfa.functional.linear`) row for row.
@@ -37,6 +38,19 @@ def relu_backward(dy, mask):
     map_shards(lambda sl: np.multiply(dy[sl], mask[sl], out=dx[sl]), dy.shape[0],
                elements=dy.size)
     return dx
+
+
+def matmul_cols(a, B, elements=None):
+    """``a @ B`` for 2-D ``a`` (n, k) and ``B`` (k, m), shards of B's columns, each written into
+    its columns of one C-ordered (n, m) result (the serial product's orientation and layout;
+    ``elements``: the GEMM's work, :func:`.threads.num_shards`)."""
+    out = np.empty((a.shape[0], B.shape[1]), dtype=np.result_type(a, B))
+
+    def cols(sl):
+        out[:, sl] = a @ B[:, sl]
+
+    map_shards(cols, B.shape[1], elements=elements, gemm_rows=1)
+    return out
 
 
 def matmul_rows(a, B, elements=None):

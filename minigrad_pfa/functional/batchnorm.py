@@ -23,8 +23,8 @@ Layout: every array is handled as a 2-D "flat" array F (g, r*c) whose rows hold 
 consecutive positions of c channels, so channel j is every c-th column (see :func:`_flat`).
 4-D arrays use their channels-last buffer, (n, h*w*c): a free view for channels-last memory
 (the engine's internal layout), one copy otherwise; 4-D outputs are channels-last. 2-D arrays
-are used with r = 1, C-ordered (a copy for other layouts, so that sums do not depend on
-the layout). Per-channel vectors are tiled r times to match the rows (:func:`_tile`).
+are used as they are (r = 1), in any memory layout. Per-channel vectors are tiled r times to
+match the rows (:func:`_tile`).
 
 Why flat rows: NumPy broadcasts a (c,) vector over an (m, c) array with an inner loop only c
 long; with rows of r*c values the same elementwise ops run 3-4x faster (0.55 ms instead of
@@ -47,15 +47,13 @@ _FLOAT_DTYPES = ("float32", "float64")
 def _flat(a):
     """Return ``(F, r)``: ``a`` as a (g, r*c) array of rows of r positions x c channels.
 
-    (n, c) -> ``(a, 1)``, C-ordered (a copy only for another layout). (n, c, h, w) ->
-    (n, h*w*c) view of the channels-last buffer ``a.transpose(0, 2, 3, 1)`` (made contiguous first if it is not),
+    (n, c) -> ``(a, 1)`` unchanged (any layout). (n, c, h, w) -> (n, h*w*c) view of the
+    channels-last buffer ``a.transpose(0, 2, 3, 1)`` (made contiguous first if it is not),
     with r = h*w.
     """
-    xp = get_array_module(a)
     if a.ndim == 2:
-        # C order: an axis-0 sum adds the rows of a C-ordered array one after another but
-        # of a Fortran-ordered one pairwise (Linear's feature shards return that layout)
-        return xp.ascontiguousarray(a), 1
+        return a, 1
+    xp = get_array_module(a)
     n, c, h, w = a.shape
     return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(n, h * w * c), h * w
 

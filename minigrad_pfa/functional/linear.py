@@ -22,25 +22,24 @@ def _shard_work(a, features: int, macs: int):
     else None (one serial GEMM)."""
     work = int(macs) // GEMM_MACS_PER_ELEMENT
     # a batch under GEMM_MIN_ROWS rows stays serial: with n = 1 NumPy takes a matrix-vector
-    # product, which rounds differently in the serial and the sharded orientation
+    # product, whose rounding was measured to change when it is split
     sharded = a.ndim == 2 and a.shape[0] >= GEMM_MIN_ROWS and \
         is_sharded(get_array_module(a), features, work, gemm_rows=1)
     return work if sharded else None
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
-# reading the whole (small) batch, so no partial sums: ``y.T = W @ x.T`` by
-# rows of W, ``delta_in.T = M.T @ delta.T`` by columns of M, ``gW = delta.T @ x`` by rows
-# of gW. y and delta_in are copied back to C order (n x features, small next to the GEMM):
-# the layers after would otherwise see another layout than on one thread, and OpenBLAS's
-# small-problem kernels round a transposed operand differently. Measured on the
+# reading the whole (small) batch, so no partial sums: ``y = x @ W.T`` by rows of W,
+# ``delta_in = delta @ M`` by columns of M (each shard writes its columns of one C-ordered
+# result: the serial orientation and layout, so the layers after see the same arrays on any
+# number of threads), ``gW = delta.T @ x`` by rows of gW. Measured on the
 # MLP 784-512-512-10 at batch 64, batch shards of 32 rows plus the weight gradients'
 # partial sums cost more than they saved (2 threads: 7.7 ms of CPU, 4.9 ms on the calling
 # thread vs 4.7 ms serial).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
     work = _shard_work(x, W.shape[0], x.size * W.shape[0])
-    y = x @ W.T if work is None else _cpu.matmul_rows(W, x.T, work).T.copy()
+    y = x @ W.T if work is None else _cpu.matmul_cols(x, W.T, work)
     if b is not None:
         y += b
     return y
@@ -49,7 +48,7 @@ def linear_forward(x, W, b=None):
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
     work = _shard_work(delta, M.shape[1], delta.size * M.shape[1])
-    return delta @ M if work is None else _cpu.matmul_rows(M.T, delta.T, work).T.copy()
+    return delta @ M if work is None else _cpu.matmul_cols(delta, M, work)
 
 
 def linear_weight_grad(delta, x):
@@ -59,10 +58,5 @@ def linear_weight_grad(delta, x):
 
 
 def linear_bias_grad(delta):
-    """``gb = delta.sum(0)``; delta (n, out) -> (out,).
-
-    Summed over the rows of the C-ordered delta whatever its layout: NumPy adds the rows of
-    a C-ordered array one after another but a Fortran-ordered one (the transposed result of
-    the feature shards above) pairwise, so the same numbers would round differently with
-    one and with several engine threads (a copy of n x out values; free when C-ordered)."""
-    return get_array_module(delta).ascontiguousarray(delta).sum(axis=0)
+    """``gb = delta.sum(0)``; delta (n, out) -> (out,)."""
+    return delta.sum(axis=0)
