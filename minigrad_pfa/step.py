@@ -5,7 +5,8 @@ One training step (every rule, every model)::
     for each weight layer: rule.before_step(layer)          (e.g. brSF redraws M_t)
     logits = model.forward(x)
     loss, e = softmax_cross_entropy(logits, y)              (e = dL/dlogits)
-    model.backward(e, BackwardContext(output_error=e))      (rules supply the input errors)
+    model.backward(e, BackwardContext(output_error=e))      (rules supply the input errors;
+                                                             cpu.overlap on several threads)
     [data-parallel runs: average the gradients over the ranks]
     optimizer.step()                                        (W, b, BN, and learned feedback)
     for each weight layer: rule.after_step(layer)           (masks, mirror phase, constraints)
@@ -15,6 +16,8 @@ Loss and correct count come back as device scalars: the caller decides when to r
 """
 from __future__ import annotations
 
+from .backend import get_array_module
+from .cpu.overlap import overlapping
 from .functional.loss import accuracy_counts, softmax_cross_entropy
 from .nn.module import BackwardContext
 
@@ -31,7 +34,10 @@ def train_step(model, layers, optimizer, x, y, parallel=None):
     logits = model.forward(x)
     loss, e = softmax_cross_entropy(logits, y)
     correct = accuracy_counts(logits, y)
-    model.backward(e, BackwardContext(output_error=e))
+    # parameter gradients may run beside the backward pass (NumPy, T > 1); all are done
+    # when the block ends (cpu.overlap)
+    with overlapping(get_array_module(e)):
+        model.backward(e, BackwardContext(output_error=e))
     if parallel is not None:
         loss, correct = parallel.average_gradients(optimizer, loss, correct)
     optimizer.step()

@@ -297,12 +297,14 @@ def test_sum_blocks_stays_on_the_calling_thread_for_other_array_modules():
     """Blocks of CuPy arrays (conv's chunked=True on a GPU) are added in the same order but
     never handed to the CPU pool."""
     import threading
+    import time
     import types
 
     seen = []
 
     def partials(run):
         seen.append(threading.get_ident())
+        time.sleep(0.05)  # long enough for the idle worker to pull the second group
         return [np.ones(3) for _ in run]
 
     bounds = cpu_threads.shard_bounds(8, 4)

@@ -13,8 +13,10 @@ B = min(MAX_BLOCKS, n // min_rows, E // min_elements) : blocks of a sum over the
 Model of the parallel step. NumPy releases the GIL inside array operations (ufunc loops,
 copies, reductions, BLAS calls), so T Python threads that each apply NumPy operations to
 their own shard of the batch run on T cores. Every operation of the CPU step that is
-worth it splits its batch axis into S contiguous shards, runs ``fn(shard)`` for each on
-the pool (the calling thread takes shard 0) and either writes disjoint rows of one output
+worth it splits its batch axis into S contiguous shards, runs ``fn(shard)`` for each (the
+calling thread and S - 1 pool helpers pull the next untaken shard; a helper still queued
+when the calling thread has taken them all is cancelled, so an operation never waits
+behind a deferred task of :mod:`.overlap`) and either writes disjoint rows of one output
 or, for a sum over the batch, computes the partial sums of fixed blocks (below)::
 
     rows   y[a_k:a_{k+1}] = f(x[a_k:a_{k+1}])                  (forward, input errors, ReLU)
@@ -96,7 +98,7 @@ MAX_BLOCKS = 16
 GROUP_FACTOR = 4
 
 _state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "min_elements": MIN_ELEMENTS,
-          "blas_limiter": None}
+          "blas_limiter": None, "tasks": []}  # tasks: futures of deferred tasks (.overlap)
 _local = threading.local()
 
 
@@ -173,6 +175,7 @@ def set_threads(threads: int, min_rows: int | None = None,
     if min_elements is not None:
         _state["min_elements"] = check_threads(min_elements, "min_elements")
     if t != prev:
+        wait_tasks()
         pool = _state["pool"]
         _state["pool"] = ThreadPoolExecutor(max_workers=t - 1,
                                             thread_name_prefix="minigrad-cpu") if t > 1 else None
@@ -264,9 +267,54 @@ def _run(fn, bounds: list, always_inside: bool = False) -> list:
         if not bounds:
             return []
         return [_inside(fn, bounds[0]) if always_inside else fn(bounds[0])]
-    futures = [_state["pool"].submit(_inside, fn, sl) for sl in bounds[1:]]
-    first = _inside(fn, bounds[0])
-    return [first] + [f.result() for f in futures]
+    # Shards are pulled: this thread and len(bounds) - 1 helpers on the pool each take the
+    # next untaken bound until none is left. A helper queued behind a deferred task
+    # (.overlap) is cancelled once this thread has taken every bound itself, so an
+    # operation never waits for a busy worker; one that frees up mid-way takes shards.
+    results, taken, lock = [None] * len(bounds), [0], threading.Lock()
+
+    def take():
+        while True:
+            with lock:
+                k = taken[0]
+                taken[0] += 1
+            if k >= len(bounds):
+                return
+            results[k] = _inside(fn, bounds[k])
+
+    helpers = [_state["pool"].submit(take) for _ in bounds[1:]]
+    take()
+    for h in helpers:
+        if not h.cancel():
+            h.result()  # it ran (or runs) a shard: wait for it, raise its error
+    return results
+
+
+def in_shard() -> bool:
+    """True on a thread that is running a shard or a task (its operations do not shard)."""
+    return getattr(_local, "inside", False)
+
+
+def min_elements() -> int:
+    """The smallest work of a shard (:data:`MIN_ELEMENTS` unless a test changed it)."""
+    return _state["min_elements"]
+
+
+def submit_task(fn) -> None:
+    """Run ``fn()`` on a pool worker as a shard would (it does not shard again); collected
+    by :func:`wait_tasks`. Needs T > 1."""
+    if _state["pool"] is None:
+        raise RuntimeError("submit_task needs more than one engine thread (set_threads)")
+    _state["tasks"].append(_state["pool"].submit(_inside, lambda _: fn(), None))
+
+
+def wait_tasks() -> None:
+    """Wait for every submitted task, then raise the first error one of them raised."""
+    tasks, _state["tasks"] = _state["tasks"], []
+    errors = [f.exception() for f in tasks]  # waits for each
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def num_blocks(n: int, elements: int | None = None, xp=None) -> int:

@@ -13,6 +13,8 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import get_array_module, resolve_dtype
+from ..cpu import overlap
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT
 from ..functional import activation as F_act
 from ..functional import batchnorm as F_bn
 from ..functional import conv as F_conv
@@ -52,6 +54,10 @@ class WeightLayer(Module):
         gb       = delta summed over all axes but the channel axis
         rule.feedback_grads(self, delta, gW)     (KP: gB = gW; PFA: gR = B.T @ gW)
         delta_in = rule.input_error(self, delta) (BP: apply_transpose(delta, W))
+
+    in this order, or, within a training step's backward on several CPU threads and where
+    the rule allows it (``rule.input_error_first``), ``delta_in`` first and the three
+    gradients as one task on another thread (:mod:`minigrad_pfa.cpu.overlap`).
 
     Primitives offered to rules (so that rules never depend on the layer type):
     :meth:`apply_transpose`, :meth:`weight_grad`, :meth:`channel_mix`.
@@ -104,6 +110,22 @@ class WeightLayer(Module):
     def backward(self, delta, ctx: BackwardContext | None = None):
         ctx = ctx if ctx is not None else BackwardContext()
         rule = ctx.rule_override if ctx.rule_override is not None else self.rule
+        # the input error first and the parameter gradients on another thread, beside the
+        # layers below (cpu.overlap: NumPy, T > 1, inside the train step's backward only)
+        if ctx.record is None and self.needs_input_error and \
+                overlap.can_defer(delta.size * self.fan_in // GEMM_MACS_PER_ELEMENT) and \
+                rule.input_error_first(self, delta):
+            delta_in = rule.input_error(self, delta, ctx)
+            overlap.defer(lambda: self.parameter_grads(delta, rule, ctx))
+            return delta_in
+        self.parameter_grads(delta, rule, ctx)
+        if not self.needs_input_error:
+            return None
+        return rule.input_error(self, delta, ctx)
+
+    def parameter_grads(self, delta, rule, ctx) -> None:
+        """``gW``, ``gb`` and the rule's feedback gradients for the output error ``delta``
+        (written to the parameters' ``.grad``; recorded in ``ctx.record`` if it is set)."""
         need_gW = self.weight.requires_grad or ctx.record is not None
         gW = self.weight_grad(delta) if need_gW else None
         self.weight.grad = gW
@@ -112,9 +134,6 @@ class WeightLayer(Module):
         rule.feedback_grads(self, delta, gW, ctx)
         if ctx.record is not None:
             ctx.record[self.qualname] = {"delta": delta, "gW": gW}
-        if not self.needs_input_error:
-            return None
-        return rule.input_error(self, delta, ctx)
 
     # primitives for rules -----------------------------------------------------------
     def apply_transpose(self, delta, M):

@@ -56,6 +56,13 @@ class Rule:
     def feedback_grads(self, layer, delta, gW, ctx) -> None:
         """Write ``.grad`` of the learned feedback parameters (KP: gB, PFA: gR)."""
 
+    def input_error_first(self, layer, delta) -> bool:
+        """True when :meth:`input_error` reads nothing :meth:`feedback_grads` (or the
+        layer's gradients) write, so the layer may compute its input error first and its
+        parameter gradients later, on another thread (:mod:`minigrad_pfa.cpu.overlap`).
+        False unless a rule declares it (WM's first ``feedback_grads`` trains ``B``)."""
+        return False
+
     def before_step(self, layer) -> None:
         """Called once per training step before the forward pass (e.g. brSF redraw)."""
 
@@ -87,6 +94,9 @@ class BP(Rule):
 
     def input_error(self, layer, delta, ctx):
         return layer.apply_transpose(delta, layer.weight.data)
+
+    def input_error_first(self, layer, delta) -> bool:
+        return True  # reads W only
 
     def path_matrix(self, layer):
         return layer.weight.data

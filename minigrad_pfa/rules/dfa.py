@@ -98,6 +98,9 @@ class DFA(DescribedByOptions, Rule):
             D = D * mask
         layer.register_buffer("feedback_D", self._host_to_layer(layer, D))
 
+    def input_error_first(self, layer, delta) -> bool:
+        return True  # reads e and the fixed D_l only
+
     def input_error(self, layer, delta, ctx):
         """``delta_in = e @ D_l`` (conv: see the module docstring); ``delta`` only sets the grid."""
         e = getattr(ctx, "output_error", None)

@@ -47,5 +47,8 @@ class FA(DescribedByOptions, Rule):
         """``delta_in = delta @ B`` (conv: ``apply_transpose(delta, B)``)."""
         return layer.apply_transpose(delta, layer.feedback_B)
 
+    def input_error_first(self, layer, delta) -> bool:
+        return True  # reads the fixed B only
+
     def path_matrix(self, layer):
         return layer.feedback_B

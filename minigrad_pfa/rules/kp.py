@@ -58,6 +58,9 @@ class KP(Rule):
         """``delta_in = delta @ B`` (conv: ``apply_transpose(delta, B)``)."""
         return layer.apply_transpose(delta, layer.feedback_B.data)
 
+    def input_error_first(self, layer, delta) -> bool:
+        return True  # reads B's values; feedback_grads writes only B.grad
+
     def path_matrix(self, layer):
         return layer.feedback_B.data
 

@@ -217,6 +217,11 @@ class PFA(DescribedByOptions, Rule):
             gR = None
         R.grad = None if gR is None else masked(gR, get_mask(layer, "feedback_mask_R"))
 
+    def input_error_first(self, layer, delta) -> bool:
+        """Fast order only: the literal order's ``feedback_grads`` computes the
+        ``delta_mid`` that its ``input_error`` then reuses."""
+        return self.choose_order(layer, delta) == "fast"
+
     def input_error(self, layer, delta, ctx):
         """Literal: ``apply_transpose(delta @ B, R)``; fast: ``apply_transpose(delta, B @ R)``."""
         if self.choose_order(layer, delta) == "literal":

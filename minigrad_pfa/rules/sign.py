@@ -136,6 +136,9 @@ class SignConcordant(DescribedByOptions, Rule):
         """``delta_in = delta @ M`` (conv: ``apply_transpose(delta, M)``)."""
         return layer.apply_transpose(delta, self.feedback_matrix(layer))
 
+    def input_error_first(self, layer, delta) -> bool:
+        return True  # M reads W's values; Batch Manhattan rewrites only the gradients
+
     def path_matrix(self, layer):
         return self.feedback_matrix(layer)
 
