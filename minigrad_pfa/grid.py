@@ -286,7 +286,7 @@ def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
             todo.append(run)
     total, active, counter = len(todo), {}, 0
     echo(f"grid: {len(runs)} runs, {len(runs) - total} need nothing, {total} to run, "
-         f"{jobs} at a time, {env['OPENBLAS_NUM_THREADS']} BLAS thread(s) each")
+         f"{jobs} at a time, {env['MINIGRAD_PFA_THREADS']} engine thread(s) each")
     for run in runs:
         if run.status in ("changed", "mixed", "busy"):
             echo(f"  {run.label}: NOT RUN: {run.message}")
