@@ -114,3 +114,106 @@ def test_pulled_shards_run_once_each_in_order_and_raise_errors():
 
         with pytest.raises(ValueError, match="shard 1"):
             cpu_threads.map_shards(bad, 9)
+
+
+def test_the_backward_error_wins_over_a_task_error_and_tasks_end_first():
+    """A KeyboardInterrupt in the backward stays a KeyboardInterrupt (the task's error is a
+    note), and no task is still running when it propagates."""
+    release = threading.Event()
+    state = []
+
+    def slow_failing_task():
+        release.wait(5)
+        state.append("task ended")
+        raise RuntimeError("task failed")
+
+    with cpu.using_threads(2, min_elements=1):
+        with pytest.raises(KeyboardInterrupt) as info:
+            with overlap.overlapping(np):
+                overlap.defer(slow_failing_task)
+                threading.Timer(0.2, release.set).start()
+                raise KeyboardInterrupt
+        assert state == ["task ended"]
+        assert any("task failed" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_an_interrupted_wait_leaves_its_tasks_to_the_next_block(monkeypatch):
+    """If the wait at the block's end is interrupted, the unfinished tasks stay listed and
+    the thread's next block waits for them (and raises their error) before deferring more."""
+    release = threading.Event()
+
+    def slow_failing_task():
+        assert release.wait(10)
+        raise RuntimeError("left over")
+
+    real_wait = cpu_threads.wait_futures
+    calls = []
+
+    def interrupted_once(futures):
+        calls.append(len(futures))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived during the wait
+        return real_wait(futures)
+
+    monkeypatch.setattr(cpu_threads, "wait_futures", interrupted_once)
+    with cpu.using_threads(2, min_elements=1):
+        with pytest.raises(KeyboardInterrupt):
+            with overlap.overlapping(np):
+                overlap.defer(slow_failing_task)
+        release.set()
+        with pytest.raises(RuntimeError, match="left over"):
+            with overlap.overlapping(np):
+                pass
+        assert calls == [1, 1]
+        with overlap.overlapping(np):  # and then nothing is left
+            pass
+
+
+def test_two_python_threads_training_at_once_each_wait_for_their_own_tasks():
+    """Two threads each running train_step on their own model get the parameters of the
+    same steps run alone (before per-thread blocks, one thread's gradients could be read
+    before its tasks had ended)."""
+    def run(results, key, steps=4):
+        model = build_model("resnet20", 0, "float64", num_classes=4)
+        attach_rules(model, "bp", 0, input_shape=(3, 8, 8))
+        layers = list(weight_layers(model).values())
+        opt = build_optimizer("sgd", list(model.named_parameters(trainable_only=True)),
+                              lr=0.05, momentum=0.9)
+        rng = np.random.default_rng(key)
+        for _ in range(steps):
+            x, y = rng.standard_normal((4, 3, 8, 8)), rng.integers(0, 4, size=4)
+            train_step(model, layers, opt, x, y)
+        results[key] = model.state_dict()
+
+    with cpu.using_threads(3, min_rows=1, min_elements=1):
+        alone = {}
+        run(alone, 0)
+        run(alone, 1)
+        together = {}
+        workers = [threading.Thread(target=run, args=(together, k)) for k in (0, 1)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+    for k in (0, 1):
+        for name in alone[k]:
+            assert np.array_equal(alone[k][name], together[k][name]), (k, name)
+
+
+def test_a_failing_shard_on_the_calling_thread_waits_for_the_running_helpers():
+    ended = []
+
+    def fn(sl):
+        if sl.start == 0:
+            raise ValueError("shard 0")
+        threading.Event().wait(0.2)
+        ended.append(sl.start)
+        return sl.start
+
+    with cpu.using_threads(3, min_rows=1, min_elements=1):
+        with pytest.raises(ValueError, match="shard 0"):
+            cpu_threads.map_shards(fn, 9)
+        assert len(ended) <= 2 and all(s in (3, 6) for s in ended)
+        snapshot = list(ended)
+        threading.Event().wait(0.5)
+        assert ended == snapshot  # nothing ran on after the error was raised

@@ -283,10 +283,19 @@ def _run(fn, bounds: list, always_inside: bool = False) -> list:
             results[k] = _inside(fn, bounds[k])
 
     helpers = [_state["pool"].submit(take) for _ in bounds[1:]]
-    take()
-    for h in helpers:
+    error = None
+    try:
+        take()
+    except BaseException as exc:  # no shard is handed out any more
+        error = exc
+        with lock:
+            taken[0] = len(bounds)
+    for h in helpers:  # every helper that started has finished before anything is raised
         if not h.cancel():
-            h.result()  # it ran (or runs) a shard: wait for it, raise its error
+            failed = h.exception()  # waits
+            error = error or failed
+    if error is not None:
+        raise error
     return results
 
 
@@ -300,21 +309,36 @@ def min_elements() -> int:
     return _state["min_elements"]
 
 
-def submit_task(fn) -> None:
-    """Run ``fn()`` on a pool worker as a shard would (it does not shard again); collected
-    by :func:`wait_tasks`. Needs T > 1."""
+def submit_task(fn):
+    """Run ``fn()`` on a pool worker as a shard would (it does not shard again); returns its
+    future (:func:`wait_futures` collects it). Needs T > 1."""
     if _state["pool"] is None:
         raise RuntimeError("submit_task needs more than one engine thread (set_threads)")
-    _state["tasks"].append(_state["pool"].submit(_inside, lambda _: fn(), None))
+    tasks = _state["tasks"]
+    tasks[:] = [f for f in tasks if not f.done()]  # the pool's own record, for set_threads
+    future = _state["pool"].submit(_inside, lambda _: fn(), None)
+    tasks.append(future)
+    return future
+
+
+def wait_futures(futures: list) -> None:
+    """Wait for every future of the list in order, removing each only once it has finished
+    (an interrupt leaves the unfinished ones listed), then raise the first error raised."""
+    first = None
+    while futures:
+        error = futures[0].exception()  # waits
+        futures.pop(0)
+        first = first or error
+    if first is not None:
+        raise first
 
 
 def wait_tasks() -> None:
-    """Wait for every submitted task, then raise the first error one of them raised."""
-    tasks, _state["tasks"] = _state["tasks"], []
-    errors = [f.exception() for f in tasks]  # waits for each
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
-        raise first
+    """Wait for every task submitted by any thread (their errors are their owners' to raise:
+    :mod:`.overlap` collects its own)."""
+    for f in list(_state["tasks"]):
+        f.exception()
+    _state["tasks"].clear()
 
 
 def num_blocks(n: int, elements: int | None = None, xp=None) -> int:
