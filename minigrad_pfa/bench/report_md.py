@@ -203,8 +203,8 @@ def _allcore_section(allcore) -> list[str]:
              "/ (threads x region time); the rest is waiting for the slowest shard and the "
              "hand-off). *other*: Python between the operations, the loss, pooling and the "
              "residual additions. Timed in the serial order (`minigrad_pfa.cpu.overlap` "
-             "off: no parameter gradient beside the backward pass), so its step is slower "
-             "than the tables' above.", ""]
+             "off: no parameter gradient beside the backward pass); the tables above time the "
+             "step as users run it.", ""]
     rows = []
     for k in [k for k in hi["operations"] if k != "other"] + ["other"]:
         if k == "other":
