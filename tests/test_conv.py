@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
+from minigrad_pfa import cpu
 from minigrad_pfa.functional import conv as C
 from _util import numerical_grad, rel_err
 
@@ -455,3 +456,34 @@ def test_chunk_rule_and_cache_contents(monkeypatch, rng):
     assert C.samples_per_chunk(128, 224, 224, 147, 4) == 1  # at least one sample
     monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 64 * 27 * 8)  # 2 samples per chunk
     assert C.samples_per_chunk(6, 8, 8, 27, 8) == 2
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((7, 3, 8, 8), (3, 3), (1, 1)), ((5, 2, 7, 9), (3, 2), (0, 1)),
+    ((4, 4, 9, 9), (5, 5), (2, 2)), ((3, 1, 5, 5), (3, 3), (0, 0)), ((6, 4, 6, 7), (1, 3), (0, 1))])
+def test_row_tap_forward_equals_one_im2col_gemm(shape, kernel, padding, monkeypatch):
+    """Stride-1 chunked forwards add kh per-row GEMMs (_RowWindows); they equal the
+    whole-batch im2col GEMM in float64 over batches spanning several chunks and shards, and
+    the 'conv' input error built on them equals the literal col2im."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    W = rng.standard_normal((5, shape[1]) + kernel)
+    b = rng.standard_normal(5)
+    assert C.row_taps(kernel, (1, 1)) and not C.row_taps(kernel, (2, 2))
+    monkeypatch.setattr(C, "CHUNK_BYTES", 2 * x[0].nbytes)  # several chunks per shard
+    calls = []
+    real = C._RowWindows.gemm_into
+    monkeypatch.setattr(C._RowWindows, "gemm_into",
+                        lambda self, a, m, y3: calls.append(m) or real(self, a, m, y3))
+    whole, _ = C.conv2d_forward(x, W, b, 1, padding, chunked=False)
+    assert not calls
+    for threads in (1, 3):
+        with cpu.using_threads(threads, min_rows=1, min_elements=1):
+            rows, _ = C.conv2d_forward(x, W, b, 1, padding, chunked=True)
+        np.testing.assert_allclose(rows, whole, rtol=1e-12, atol=1e-12)
+    assert len(calls) > 2 and sum(calls) == 2 * shape[0]  # the row path ran, in chunks
+    if padding[0] <= kernel[0] - 1 and padding[1] <= kernel[1] - 1:
+        d = rng.standard_normal(whole.shape)
+        got = C.conv2d_input_error(d, W, x.shape, 1, padding, method="conv", chunked=True)
+        want = C.conv2d_input_error(d, W, x.shape, 1, padding, method="col2im")
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
