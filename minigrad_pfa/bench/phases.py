@@ -5,7 +5,8 @@ operator syntax or through ufuncs (``a @ b``, ``xp.matmul``, ``+=``): those are 
 profiled calls. So each phase is a set of functions whose own time is dominated by it:
 
 * **GEMM**: the conv chunk loops that call ``matmul`` (``rows`` of ``_conv_gemm``,
-  ``partial`` of ``conv2d_weight_grad``), ``_conv_gemm``, ``conv2d_weight_grad``, the
+  the weight gradient's per-block products (the ``<listcomp>`` of its ``partials``), the
+  row-tap GEMMs and their sums ``gemm_into``; its copy is ``copyto``'s own), ``_conv_gemm``, ``conv2d_weight_grad``, the
   fold's per-offset GEMMs, ``channel_matmul``, linear layers, PFA's ``contract_first``;
 * **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``),
   ``fold_windows`` (the ``+=`` of col2im), padding, ``as_strided``,
@@ -22,7 +23,8 @@ from __future__ import annotations
 PHASES = ("GEMM", "im2col / col2im", "BatchNorm", "elementwise", "optimizer", "threads",
           "Python overhead")
 
-_GEMM_CONV = {"rows", "partial", "_conv_gemm", "conv2d_weight_grad", "<lambda>",
+_GEMM_CONV = {"rows", "partial", "<listcomp>", "gemm_into", "_conv_gemm", "conv2d_weight_grad",
+              "<lambda>",
               "channel_matmul", "_input_error_col2im", "_input_error_fold"}
 _COPY_CONV = {"__call__", "fold_windows", "_im2col_cl", "col2im", "pad_channels_last",
               "kernel_windows", "__init__", "channels_last", "_delta2d"}
