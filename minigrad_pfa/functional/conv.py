@@ -364,11 +364,11 @@ class _RowWindows:
     not depend on the chunk or shard it is in.
     """
 
-    def __init__(self, xl, W, padding, s: int):
+    def __init__(self, xl, Wrows, kernel, padding, s: int):
         xp = get_array_module(xl)
         self.xp, self.xl = xp, xl
         n, h, w, c = xl.shape
-        oc, _, kh, kw = W.shape
+        (kh, kw), oc = kernel, Wrows[0].shape[1]
         ph, pw = padding
         self.padding, self.hw = padding, (h, w)
         self.hp, wp = h + 2 * ph, w + 2 * pw
@@ -376,9 +376,7 @@ class _RowWindows:
         self.pad = xp.zeros((s, self.hp, wp, c), dtype=xl.dtype) if (ph or pw) else None
         self.colw = xp.empty((s, self.hp, self.ow, kw * c), dtype=xl.dtype)
         self.tmp = xp.empty((s, self.oh * self.ow, oc), dtype=xl.dtype)
-        # (kw*c, oc) per kernel row, rows in colw's (j, c) order
-        self.Wrows = [xp.ascontiguousarray(W[:, :, i, :].transpose(2, 1, 0).reshape(kw * c, oc))
-                      for i in range(kh)]
+        self.Wrows = Wrows  # (kw*c, oc) per kernel row (:func:`kernel_rows`)
         self.kw, self.c = kw, c
 
     def gemm_into(self, a: int, m: int, y3) -> None:
@@ -402,6 +400,14 @@ class _RowWindows:
             else:
                 xp.matmul(rows_i, Wi, out=tmp)
                 y3 += tmp
+
+
+def kernel_rows(W):
+    """(oc, c, kh, kw) -> kh matrices (kw*c, oc), ``Wrow_i[(j, c), o] = W[o, c, i, j]``."""
+    xp = get_array_module(W)
+    oc, c, kh, kw = W.shape
+    return [xp.ascontiguousarray(W[:, :, i, :].transpose(2, 1, 0).reshape(kw * c, oc))
+            for i in range(kh)]
 
 
 def row_taps(kernel, stride) -> bool:
@@ -429,7 +435,7 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
         oh, ow = conv_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding)
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy for channels-last x
         y = xp.empty((n, oh, ow, oc), dtype=x.dtype)
-        by_rows = row_taps((kh, kw), stride)
+        Wrows = kernel_rows(W) if row_taps((kh, kw), stride) else None  # once, not per shard
 
         def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
             xs, ys, m = xl[sl], y[sl], sl.stop - sl.start
@@ -438,8 +444,8 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
             s = samples_per_chunk(m, oh, ow, kh * kw * ic, x.dtype.itemsize)
             # chunks of sizes differing by at most one sample: no small remainder
             chunks = shard_bounds(m, -(-m // s))
-            if by_rows:
-                rows_w = _RowWindows(xs, W, padding, chunks[0].stop)
+            if Wrows is not None:
+                rows_w = _RowWindows(xs, Wrows, (kh, kw), padding, chunks[0].stop)
                 for c in chunks:
                     rows_w.gemm_into(c.start, c.stop - c.start,
                                      ys[c].reshape(c.stop - c.start, oh * ow, oc))
