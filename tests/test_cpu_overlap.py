@@ -69,7 +69,6 @@ def test_a_deferred_error_is_raised_by_the_step_after_every_task_ended():
                 overlap.defer(ok)
         assert finished == [1]
         assert not overlap.can_defer(1)  # the block is over
-        cpu_threads.wait_tasks()  # nothing left to raise
 
 
 def test_an_operation_does_not_wait_for_a_busy_worker():
@@ -82,7 +81,7 @@ def test_an_operation_does_not_wait_for_a_busy_worker():
         assert release.wait(30)
 
     with cpu.using_threads(2, min_rows=1, min_elements=1):
-        cpu_threads.submit_task(long_task)
+        task = cpu_threads.submit_task(long_task)
         assert started.wait(10)
         seen = []
         done = threading.Event()
@@ -96,7 +95,7 @@ def test_an_operation_does_not_wait_for_a_busy_worker():
         finished_while_busy = done.wait(10)
         release.set()
         runner.join(10)
-        cpu_threads.wait_tasks()
+        task.result(10)
     assert finished_while_busy
     assert seen == [(0, 4), (4, 8)]  # every shard once, in shard order
 

@@ -98,7 +98,7 @@ MAX_BLOCKS = 16
 GROUP_FACTOR = 4
 
 _state = {"threads": 1, "pool": None, "min_rows": MIN_ROWS, "min_elements": MIN_ELEMENTS,
-          "blas_limiter": None, "tasks": []}  # tasks: futures of deferred tasks (.overlap)
+          "blas_limiter": None}
 _local = threading.local()
 
 
@@ -174,8 +174,7 @@ def set_threads(threads: int, min_rows: int | None = None,
         _state["min_rows"] = check_threads(min_rows, "min_rows")
     if min_elements is not None:
         _state["min_elements"] = check_threads(min_elements, "min_elements")
-    if t != prev:
-        wait_tasks()
+    if t != prev:  # the old pool's shutdown waits for its tasks (.overlap's included)
         pool = _state["pool"]
         _state["pool"] = ThreadPoolExecutor(max_workers=t - 1,
                                             thread_name_prefix="minigrad-cpu") if t > 1 else None
@@ -311,14 +310,11 @@ def min_elements() -> int:
 
 def submit_task(fn):
     """Run ``fn()`` on a pool worker as a shard would (it does not shard again); returns its
-    future (:func:`wait_futures` collects it). Needs T > 1."""
+    future, which the submitter collects (:func:`wait_futures`; :mod:`.overlap` keeps them per
+    Python thread). Needs T > 1."""
     if _state["pool"] is None:
         raise RuntimeError("submit_task needs more than one engine thread (set_threads)")
-    tasks = _state["tasks"]
-    tasks[:] = [f for f in tasks if not f.done()]  # the pool's own record, for set_threads
-    future = _state["pool"].submit(_inside, lambda _: fn(), None)
-    tasks.append(future)
-    return future
+    return _state["pool"].submit(_inside, lambda _: fn(), None)
 
 
 def wait_futures(futures: list) -> None:
@@ -331,14 +327,6 @@ def wait_futures(futures: list) -> None:
         first = first or error
     if first is not None:
         raise first
-
-
-def wait_tasks() -> None:
-    """Wait for every task submitted by any thread (their errors are their owners' to raise:
-    :mod:`.overlap` collects its own)."""
-    for f in list(_state["tasks"]):
-        f.exception()
-    _state["tasks"].clear()
 
 
 def num_blocks(n: int, elements: int | None = None, xp=None) -> int:

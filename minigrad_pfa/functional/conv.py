@@ -304,6 +304,16 @@ def samples_per_chunk(n: int, oh: int, ow: int, K: int, itemsize: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(oh * ow * K * itemsize, 1)))
 
 
+def _fill_padded(pad, src, padding):
+    """``pad[:m]`` with ``src`` (m, h, w, c) copied into its interior: ``pad`` (s >= m, h + 2 ph,
+    w + 2 pw, c) is a chunk buffer reused call after call, whose zero border is written once,
+    when it is allocated, and never touched again."""
+    m, h, w = src.shape[:3]
+    ph, pw = padding
+    pad[:m, ph:ph + h, pw:pw + w, :] = src
+    return pad[:m]
+
+
 class _ChunkWindows:
     """im2col of successive sample chunks of a channels-last (n, h, w, c) array.
 
@@ -335,10 +345,9 @@ class _ChunkWindows:
         src = self.xl[a:a + m]
         if self.identity:
             return src.reshape(-1, src.shape[3])
-        (oh, ow), (ph, pw) = self.grid, self.padding
+        oh, ow = self.grid
         if self.pad is not None:
-            h, w = src.shape[1:3]
-            self.pad[:m, ph:ph + h, pw:pw + w, :] = src  # the border stays zero
+            _fill_padded(self.pad, src, self.padding)
             view = self.windows[:m]
         else:
             view = self.windows[a:a + m]
@@ -370,7 +379,7 @@ class _RowWindows:
         n, h, w, c = xl.shape
         (kh, kw), oc = kernel, Wrows[0].shape[1]
         ph, pw = padding
-        self.padding, self.hw = padding, (h, w)
+        self.padding = padding
         self.hp, wp = h + 2 * ph, w + 2 * pw
         self.oh, self.ow = self.hp - kh + 1, wp - kw + 1
         self.pad = xp.zeros((s, self.hp, wp, c), dtype=xl.dtype) if (ph or pw) else None
@@ -381,12 +390,9 @@ class _RowWindows:
 
     def gemm_into(self, a: int, m: int, y3) -> None:
         """``y3`` (m, oh*ow, oc) <- the convolution of samples a .. a+m-1."""
-        xp, (ph, pw) = self.xp, self.padding
-        src = self.xl[a:a + m]
+        xp, src = self.xp, self.xl[a:a + m]
         if self.pad is not None:
-            h, w = self.hw
-            self.pad[:m, ph:ph + h, pw:pw + w, :] = src  # the border stays zero
-            src = self.pad[:m]
+            src = _fill_padded(self.pad, src, self.padding)
         s0, s1, s2, s3 = src.strides
         taps = xp.lib.stride_tricks.as_strided(src, shape=(m, self.hp, self.ow, self.kw, self.c),
                                                strides=(s0, s1, s2, s2, s3))
