@@ -454,6 +454,13 @@ def test_chunk_rule_and_cache_contents(monkeypatch, rng):
     assert C.samples_per_chunk(128, 32, 32, 144, 4) == 3
     assert C.samples_per_chunk(3, 32, 32, 144, 4) == 3   # never more than the batch
     assert C.samples_per_chunk(128, 224, 224, 147, 4) == 1  # at least one sample
+    # stride-1 row taps size their chunks by their own buffers: per sample a padded input
+    # 34*34*16, its taps 34*32*48 and the result 32*32*16 float32 values (0.35 MB) -> 6
+    assert C._RowWindows.sample_bytes((32, 32), 16, (3, 3), (1, 1), 16, 4) == \
+        (34 * 34 * 16 + 34 * 32 * 48 + 32 * 32 * 16) * 4
+    assert C.chunk_samples(128, (34 * 34 * 16 + 34 * 32 * 48 + 32 * 32 * 16) * 4) == 6
+    assert C._RowWindows.sample_bytes((8, 8), 4, (3, 3), (0, 0), 2, 8) == \
+        (8 * 6 * 12 + 6 * 6 * 2) * 8  # no padded copy without padding
     monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 64 * 27 * 8)  # 2 samples per chunk
     assert C.samples_per_chunk(6, 8, 8, 27, 8) == 2
 

@@ -217,3 +217,60 @@ def run_scaling(cfg) -> dict:
             out[name] = {"speedup_median": rounds[len(rounds) // 2], "speedups": rounds}
     return out
 
+
+
+def main(argv=None) -> int:
+    """``python -m minigrad_pfa.bench.allcore [--model M] [--rule R] [--batch N] [--threads T]
+    [--rounds K]``: the operations table of one step at 1 and T threads (fresh processes,
+    interleaved rounds, the fastest round of each operation), and the machine's scaling."""
+    import argparse
+
+    from ..cpu.threads import usable_cores
+    from .runner import run_worker, worker_env
+    from .suite import step_config
+
+    p = argparse.ArgumentParser(prog="python -m minigrad_pfa.bench.allcore",
+                                description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20", choices=("resnet20", "mlp"))
+    p.add_argument("--rule", default="bp")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=usable_cores())
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    a = p.parse_args(argv)
+    regimes = sorted({1, a.threads})
+    runs = {t: [] for t in regimes}
+    for _ in range(a.rounds):
+        for t in regimes:
+            cfg = dict(step_config(a.model, a.rule, "minigrad", a.batch, "cpu", a.steps, 2,
+                                   "allcore"), kind="ops", threads=t, timer="wall")
+            r = run_worker(cfg, worker_env(t), 1800)
+            if r.get("error"):
+                print(f"error ({t} threads): {r['error']}")
+                return 1
+            runs[t].append(r)
+    best = {t: {name: min(r["operations"].get(name, {}).get("s", 0.0) for r in rs)
+                for name in rs[0]["operations"]} for t, rs in runs.items()}
+    step = {t: min(r["step_s"] for r in rs) for t, rs in runs.items()}
+    T = regimes[-1]
+    print(f"{a.model} {a.rule} batch {a.batch}: wall ms per step, fastest of {a.rounds} "
+          f"round(s), overlap off; foreign cores "
+          f"{max((r.get('foreign_cores') or 0.0) for rs in runs.values() for r in rs):.2f}")
+    print(f"{'operation':24s} {'1 thread':>9} {f'{T} threads':>10} {'speed-up':>8}")
+    for name in best[1]:
+        one, many = best[1][name] * 1e3, best[T].get(name, 0.0) * 1e3
+        if one or many:
+            print(f"{name:24s} {one:9.1f} {many:10.1f} {one / many if many else 0:8.2f}")
+    print(f"{'step':24s} {step[1] * 1e3:9.1f} {step[T] * 1e3:10.1f} {step[1] / step[T]:8.2f}")
+    if T > 1:
+        s = run_worker({"kind": "scaling", "device": "cpu", "threads": T, "seconds": 0.5,
+                        "rounds": 3}, worker_env(T), 600)
+        if not s.get("error"):
+            print(f"machine, {T} threads over 1: in-cache GEMM "
+                  f"{s['gemm_in_cache']['speedup_median']:.2f}x, streaming copy "
+                  f"{s['copy_32mb']['speedup_median']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
