@@ -448,6 +448,33 @@ def test_allcore_breakdown_times_operations_and_regions():
     assert "| conv forward |" in text and "in-cache GEMM" in text and "**step**" in text
 
 
+def test_torch_step_by_operation_and_the_allcore_command(capsys):
+    """bench.allcore's PyTorch side: operators mapped to the engine's operations (the first
+    matching fragment wins), a profiled PyTorch step split by them, and the command's
+    table with both implementations."""
+    pytest.importorskip("torch")
+    from minigrad_pfa.bench import allcore
+    assert allcore.torch_operation("aten::convolution_backward") == \
+        "conv input error + weight gradient"
+    assert allcore.torch_operation("aten::mkldnn_convolution") == "conv forward"
+    assert allcore.torch_operation("aten::native_batch_norm_backward") == "BatchNorm backward"
+    assert allcore.torch_operation("aten::addmm") == "linear"
+    assert allcore.torch_operation("aten::mm") == "linear input error + weight gradient"
+    assert allcore.torch_operation("aten::add_") == "other"
+    res = allcore.run_torch_ops({"model": "resnet20-tiny", "rule": "bp", "impl": "torch",
+                                 "batch": 4, "device": "cpu", "steps": 1, "warmup": 1,
+                                 "threads": 1})
+    ops = res["operations"]
+    for name in ("conv forward", "conv input error + weight gradient", "BatchNorm forward",
+                 "BatchNorm backward", "ReLU backward", "other"):
+        assert ops[name]["s"] > 0, name
+    assert sum(v["s"] for v in ops.values()) <= res["step_s"] * 1.05
+    assert allcore.main(["--model", "mlp", "--batch", "4", "--threads", "1", "--rounds", "1",
+                         "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 1T" in out and "linear input error + weight gradient" in out
+
+
 def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
     """``python -m minigrad_pfa.bench.dispatch``: the pool's hand-off time and the ReLU / BN
     timings on 1 and 2 threads (one small shape here) that calibrate MIN_ELEMENTS."""

@@ -237,3 +237,35 @@ def test_backends_agree(xp):
         for (k, ph), (_, pd) in zip(host, dev_params):
             assert device_of(pd.data) == dev and pd.data.dtype == np.float32
             assert rel_err(to_numpy(pd.data), ph.data) <= 1e-6, (case, k)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_update_in_pieces_has_the_bits_of_the_whole_update(case, monkeypatch):
+    """cpu.elementwise.update_chunks: the update chain on 7-element pieces (every parameter
+    but the bias cut, a short last piece) gives the bits of the whole-array chain over 5
+    steps (float32), state included; a strided parameter is updated whole."""
+    from minigrad_pfa.cpu import elementwise
+
+    name, kw = CASES[case]
+    results = []
+    for chunk in (10 ** 9, 7):
+        monkeypatch.setattr(elementwise, "UPDATE_CHUNK", chunk)
+        named = _make_params(np.float32)
+        strided = Parameter(np.ones((6, 4), np.float32)[:, ::2])  # not C-contiguous
+        opt = build_optimizer(name, named + [("strided", strided)], **kw)
+        for grads in _grad_stream(np.float32, N_STEPS):
+            grads = dict(grads, strided=np.full((6, 2), 0.5, np.float32))
+            for k, p in named + [("strided", strided)]:
+                p.grad = grads[k]
+            opt.step()
+        results.append(({k: p.data.copy() for k, p in named + [("strided", strided)]},
+                        opt.state_dict()))
+    (whole, whole_state), (pieces, pieces_state) = results
+    pieces_of_36 = elementwise.update_chunks(np, np.ones(36, np.float32), None)
+    assert [q[0].size for q in pieces_of_36] == [7, 7, 7, 7, 7, 1]
+    assert all(q[1] is None for q in pieces_of_36)
+    for k in whole:
+        np.testing.assert_array_equal(pieces[k], whole[k], err_msg=k)
+    for k, v in whole_state.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(pieces_state[k], v, err_msg=k)

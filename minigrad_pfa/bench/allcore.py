@@ -19,6 +19,14 @@ with more than one shard) are timed inside each operation::
 
 Run at 1 thread and at T threads, ``t_op(1) / t_op(T)`` is the operation's speed-up.
 
+PyTorch by the same operations (worker kind ``torch_ops``, :func:`run_torch_ops`): the
+self time of every operator under torch.profiler, summed by :data:`TORCH_OPERATIONS`. The
+profiler costs time of its own (measured: a ResNet-20 batch-128 step of 0.38 s took 0.55 s
+under it on one thread and 0.21 -> 0.43 s on two), so read these columns as the split of
+PyTorch's step between the operations, on one thread, not as its speed; *other* holds
+the optimizer (on the CPU torch.optim.SGD is a loop of ``add_``/``mul_`` calls, which the
+residual additions use too), the loss and the profiler's overhead.
+
 Machine (worker kind ``scaling``). T Python threads each run independent NumPy work
 that releases the GIL, timed against one thread doing the same: an in-cache float32 GEMM
 (256 x 256, compute-bound) and a streaming copy of 32 MB arrays (memory-bound). Their
@@ -219,6 +227,58 @@ def run_scaling(cfg) -> dict:
 
 
 
+#: PyTorch operator (aten name, as torch.profiler lists it) -> the engine's operation it
+#: corresponds to; the first matching fragment wins (PyTorch's conv backward computes the
+#: input error and the weight gradient in one operator)
+TORCH_OPERATIONS = (
+    ("convolution_backward", "conv input error + weight gradient"),
+    ("convolution", "conv forward"),
+    ("batch_norm_backward", "BatchNorm backward"),
+    ("batch_norm", "BatchNorm forward"),
+    ("threshold_backward", "ReLU backward"),
+    ("relu", "ReLU forward"),
+    ("addmm", "linear"),
+    ("aten::mm", "linear input error + weight gradient"),
+)
+
+
+def torch_operation(name: str) -> str:
+    """The engine operation a PyTorch operator belongs to (:data:`TORCH_OPERATIONS`), else
+    ``"other"``."""
+    for fragment, label in TORCH_OPERATIONS:
+        if fragment in name:
+            return label
+    return "other"
+
+
+def run_torch_ops(cfg) -> dict:
+    """Worker kind ``torch_ops``: PyTorch's step by the engine's operations.
+
+    torch.profiler's *self* CPU time of every operator (the operator's own wall time on the
+    calling thread, its intra-op parallel region included, its children excluded), summed
+    over ``cfg['steps']`` steps by :func:`torch_operation`; ``{"step_s", "operations":
+    {name: {"s"}}}`` per step."""
+    from .worker import _setup_torch, timed_steps, torch_step
+
+    torch = _setup_torch(cfg)
+    step, sync, _ = torch_step(cfg, torch)
+    timed_steps(step, sync, cfg["warmup"], 0)
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(cfg["steps"]):
+            step()
+    wall = time.perf_counter() - t0
+    ops = defaultdict(float)
+    for ev in prof.key_averages():
+        ops[torch_operation(ev.key)] += ev.self_cpu_time_total / 1e6  # microseconds
+    n = cfg["steps"]
+    return {"model": cfg["model"], "rule": cfg["rule"], "batch": cfg["batch"],
+            "threads": int(cfg["threads"]), "steps": n, "step_s": wall / n,
+            "operations": {k: {"s": v / n} for k, v in ops.items()}}
+
+
 def main(argv=None) -> int:
     """``python -m minigrad_pfa.bench.allcore [--model M] [--rule R] [--batch N] [--threads T]
     [--rounds K]``: the operations table of one step at 1 and T threads (fresh processes,
@@ -237,31 +297,54 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=usable_cores())
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--no-torch", action="store_true",
+                   help="skip PyTorch's step by operation (torch.profiler)")
     a = p.parse_args(argv)
     regimes = sorted({1, a.threads})
-    runs = {t: [] for t in regimes}
+    try:
+        import torch  # noqa: F401
+        impls = ["minigrad"] + ([] if a.no_torch or a.rule != "bp" else ["torch"])
+    except ImportError:
+        impls = ["minigrad"]
+    runs = {(impl, t): [] for impl in impls for t in regimes}
     for _ in range(a.rounds):
-        for t in regimes:
-            cfg = dict(step_config(a.model, a.rule, "minigrad", a.batch, "cpu", a.steps, 2,
-                                   "allcore"), kind="ops", threads=t, timer="wall")
+        for impl, t in runs:
+            cfg = dict(step_config(a.model, a.rule, impl, a.batch, "cpu", a.steps, 2,
+                                   "allcore"), kind="ops" if impl == "minigrad" else
+                       "torch_ops", threads=t, timer="wall")
             r = run_worker(cfg, worker_env(t), 1800)
             if r.get("error"):
-                print(f"error ({t} threads): {r['error']}")
+                print(f"error ({impl}, {t} threads): {r['error']}")
                 return 1
-            runs[t].append(r)
-    best = {t: {name: min(r["operations"].get(name, {}).get("s", 0.0) for r in rs)
-                for name in rs[0]["operations"]} for t, rs in runs.items()}
-    step = {t: min(r["step_s"] for r in rs) for t, rs in runs.items()}
+            runs[impl, t].append(r)
+    best, step = {}, {}
+    for key, rs in runs.items():
+        best[key] = {name: min(r["operations"].get(name, {}).get("s", 0.0) for r in rs)
+                     for r0 in rs for name in r0["operations"]}
+        step[key] = min(r["step_s"] for r in rs)
+    engine = best["minigrad", 1]
+    for kind in ("conv", "linear"):  # PyTorch's backward operators compute both at once
+        if f"{kind} weight gradient" in engine:
+            for t in regimes:
+                e = best["minigrad", t]
+                e[f"{kind} input error + weight gradient"] = \
+                    e.get(f"{kind} input error", 0.0) + e.get(f"{kind} weight gradient", 0.0)
     T = regimes[-1]
     print(f"{a.model} {a.rule} batch {a.batch}: wall ms per step, fastest of {a.rounds} "
-          f"round(s), overlap off; foreign cores "
+          f"round(s); engine with the overlap off; foreign cores "
           f"{max((r.get('foreign_cores') or 0.0) for rs in runs.values() for r in rs):.2f}")
-    print(f"{'operation':24s} {'1 thread':>9} {f'{T} threads':>10} {'speed-up':>8}")
-    for name in best[1]:
-        one, many = best[1][name] * 1e3, best[T].get(name, 0.0) * 1e3
-        if one or many:
-            print(f"{name:24s} {one:9.1f} {many:10.1f} {one / many if many else 0:8.2f}")
-    print(f"{'step':24s} {step[1] * 1e3:9.1f} {step[T] * 1e3:10.1f} {step[1] / step[T]:8.2f}")
+    cols = [(impl, t) for impl in impls for t in regimes]
+    print(f"{'operation':34s}" + "".join(f"{f'{i[:5]} {t}T':>11}" for i, t in cols) +
+          f" {'engine speed-up':>15}")
+    names = list(engine) + [n for key in cols for n in best[key] if n not in engine]
+    for name in dict.fromkeys(names):
+        vals = [best[key].get(name, 0.0) * 1e3 for key in cols]
+        if any(vals):
+            one, many = best["minigrad", 1].get(name, 0.0), best["minigrad", T].get(name, 0.0)
+            print(f"{name:34s}" + "".join(f"{v:11.1f}" for v in vals) +
+                  f" {one / many if many else 0:15.2f}")
+    print(f"{'step':34s}" + "".join(f"{step[key] * 1e3:11.1f}" for key in cols) +
+          f" {step['minigrad', 1] / step['minigrad', T]:15.2f}")
     if T > 1:
         s = run_worker({"kind": "scaling", "device": "cpu", "threads": T, "seconds": 0.5,
                         "rounds": 3}, worker_env(T), 600)

@@ -22,6 +22,7 @@ profile  cProfile of a few engine steps: the functions with the largest own time
 ops      wall time by operation of a few engine steps, parallel regions inside them
          (:mod:`minigrad_pfa.bench.allcore`)
 scaling  what T threads gain on this machine for in-cache GEMMs and streaming copies
+torch_ops PyTorch's step by the same operations (torch.profiler; :mod:`.allcore`)
 """
 from __future__ import annotations
 
@@ -203,6 +204,35 @@ def _gpu_peak_mb_cupy():
     return device_module().get_default_memory_pool().total_bytes() / 2 ** 20
 
 
+def torch_step(cfg, torch):
+    """(step, sync, geometry) of a PyTorch configuration: the same model, optimizer and
+    synthetic batch as the engine's, ``step()`` one autograd training step."""
+    from ..nn.models import build_model
+    from .flops import model_geometry
+    from .suite import MODELS, NUM_CLASSES
+    from .torch_models import build_torch_model
+
+    spec = MODELS[cfg["model"]]
+    geoms = model_geometry(build_model(spec["name"], num_classes=NUM_CLASSES,
+                                       **spec["kwargs"]), spec["input"])
+    dev = torch.device(cfg["device"])
+    torch.manual_seed(0)
+    model = build_torch_model(spec, cfg["rule"], NUM_CLASSES).to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), **OPTIM)
+    n = cfg["batch"]
+    x = torch.randn((n,) + tuple(spec["input"]), device=dev)
+    y = torch.randint(0, NUM_CLASSES, (n,), device=dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if cfg["device"] == "cuda" else (lambda: None)
+    return step, sync, geoms
+
+
 def run_step(cfg) -> dict:
     from ..train import train_step
     from .flops import step_flops
@@ -227,29 +257,8 @@ def run_step(cfg) -> dict:
             extra["pfa_orders"] = {o: sum(v == o for v in orders.values())
                                    for o in ("fast", "literal")}
     elif cfg["impl"] == "torch":
-        from ..nn.models import build_model
-        from .flops import model_geometry
-        from .torch_models import build_torch_model
-
-        spec = MODELS[cfg["model"]]
-        geoms = model_geometry(build_model(spec["name"], num_classes=NUM_CLASSES,
-                                           **spec["kwargs"]), spec["input"])
-        dev = torch.device(cfg["device"])
-        torch.manual_seed(0)
-        model = build_torch_model(spec, cfg["rule"], NUM_CLASSES).to(dev).train()
-        opt = torch.optim.SGD(model.parameters(), **OPTIM)
-        n = cfg["batch"]
-        x = torch.randn((n,) + tuple(spec["input"]), device=dev)
-        y = torch.randint(0, NUM_CLASSES, (n,), device=dev)
+        step, sync, geoms = torch_step(cfg, torch)
         setup_mb = current_rss_mb()
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-
-        sync = torch.cuda.synchronize if cfg["device"] == "cuda" else (lambda: None)
         timing = timed_steps(step, sync, cfg["warmup"], cfg["steps"], cfg.get("timer", "wall"))
         orders = None
         gpu_mb = (torch.cuda.max_memory_reserved() / 2 ** 20 if cfg["device"] == "cuda"
@@ -391,8 +400,13 @@ def run_scaling(cfg) -> dict:
     return scaling(cfg)
 
 
+def run_torch_ops(cfg) -> dict:
+    from .allcore import run_torch_ops as torch_ops
+    return torch_ops(cfg)
+
+
 KINDS = {"step": run_step, "gemm": run_gemm, "loader": run_loader, "profile": run_profile,
-         "ops": run_ops, "scaling": run_scaling}
+         "ops": run_ops, "scaling": run_scaling, "torch_ops": run_torch_ops}
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,14 @@ channels-last layout) and each shard writes its own rows::
 
 Each equals its serial reference (:mod:`minigrad_pfa.functional.activation`,
 :mod:`minigrad_pfa.functional.linear`) row for row.
+
+Update chains (the optimizers): a chain of k in-place elementwise passes over parameter-
+sized arrays (SGD with momentum and weight decay: 6; Adam: 11) runs on flat pieces of
+:data:`UPDATE_CHUNK` elements (:func:`update_chunks`), so the chain's passes after the first
+read a piece from the L2 cache instead of memory; every element gets the same operations
+in the same order, so the bits do not change::
+
+    for piece q:   chain(p[q], g[q], state[q])        (q: UPDATE_CHUNK consecutive elements)
 """
 from __future__ import annotations
 
@@ -60,3 +68,29 @@ def matmul_rows(a, B, elements=None):
     map_shards(lambda sl: np.matmul(a[sl], B, out=out[sl]), a.shape[0], elements=elements)
     return out
 
+
+#: elements per piece of an optimizer's update chain (:func:`update_chunks`): four float32
+#: operands of 64 Ki elements are 1 MB, within a 2 MB L2. Measured on the MLP
+#: 784-512-512-10's SGD step (momentum 0.9, weight decay, 670 K parameters, one thread,
+#: Intel Xeon VM): 919 us whole, 697 / 597 / 523 / 499 / 509 us in pieces of 8 / 16 / 32 /
+#: 64 / 128 Ki elements
+UPDATE_CHUNK = 1 << 16
+
+
+def update_chunks(xp, *arrays):
+    """Matching pieces of ``arrays`` for an in-place update chain: a list of tuples.
+
+    NumPy arrays that are all C-contiguous and of one size above :data:`UPDATE_CHUNK`:
+    their flat views cut into pieces of :data:`UPDATE_CHUNK` elements (the last shorter),
+    one tuple per piece (writes to a piece write the array). Otherwise (another array
+    module, a strided array, a small parameter) the one tuple ``arrays``. ``None`` entries
+    (absent state) stay None in every tuple.
+    """
+    present = [a for a in arrays if a is not None]
+    n = present[0].size if present else 0
+    if xp.__name__ != "numpy" or n <= UPDATE_CHUNK or \
+            any(a.size != n or not a.flags.c_contiguous for a in present):
+        return [arrays]
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    return [tuple(None if f is None else f[a:a + UPDATE_CHUNK] for f in flat)
+            for a in range(0, n, UPDATE_CHUNK)]

@@ -24,6 +24,7 @@ import math
 from typing import Iterable
 
 from ..backend import get_array_module
+from ..cpu.elementwise import update_chunks
 from ..functional.fused import kernels
 from .base import Optimizer, _nonneg, _number
 
@@ -95,7 +96,13 @@ class Adam(Optimizer):
                        0.0 if self.decoupled_weight_decay else wd,
                        1.0 - lr * wd if decoupled else 1.0)
             return
+        # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same bits)
+        for wq, gq, mq, vq in update_chunks(xp, w, g, m, v):
+            self._chain(xp, wq, gq, mq, vq, lr, wd, step_size, math.sqrt(1.0 - b2 ** t))
 
+    def _chain(self, xp, w, g, m, v, lr, wd, step_size, c2) -> None:
+        """The update of the notation block on one piece (``c2 = sqrt(1 - b2**t)``)."""
+        b1, b2 = self.betas
         if wd != 0.0:
             if self.decoupled_weight_decay:
                 w *= 1.0 - lr * wd            # AdamW: p = p (1 - lr lam)
@@ -108,7 +115,7 @@ class Adam(Optimizer):
         gg *= 1.0 - b2
         v += gg
         denom = xp.sqrt(v, out=gg)            # reuse the g*g scratch
-        denom /= math.sqrt(1.0 - b2 ** t)
+        denom /= c2
         denom += self.eps
         upd = xp.divide(m, denom, out=denom)  # m / (sqrt(v_hat) + eps)
         upd *= step_size

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..backend import get_array_module
+from ..cpu.elementwise import update_chunks
 from ..functional.fused import kernels
 from .base import Optimizer, _nonneg, _number
 
@@ -82,6 +83,17 @@ class SGD(Optimizer):
             # GPU, after the first step: d, buf and p in one kernel (in place)
             (fused.sgd_nesterov if self.nesterov else fused.sgd)(w, g, buf, lr, wd, mu)
             return
+        first = mu != 0.0 and buf is None
+        if first:
+            buf = self.state[name]["momentum_buffer"] = xp.empty_like(w)
+        # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same bits)
+        for wq, gq, bq in update_chunks(xp, w, g, buf):
+            self._chain(xp, wq, gq, bq, first, lr, wd)
+
+    def _chain(self, xp, w, g, buf, first: bool, lr: float, wd: float) -> None:
+        """The update of the notation block on one piece (``buf``: None without momentum;
+        ``first``: its first step, ``buf`` to be filled)."""
+        mu = self.momentum
         # ``d`` is either the caller's gradient (never written to) or a scratch array
         # owned here, which may then be modified in place.
         if wd != 0.0:
@@ -91,9 +103,8 @@ class SGD(Optimizer):
         else:
             d, owned = g, False
         if mu != 0.0:
-            buf = self._array_state(name, "momentum_buffer", w)
-            if buf is None:
-                buf = self.state[name]["momentum_buffer"] = d.copy()
+            if first:
+                buf[...] = d            # buf = d (no dampening on the first step)
             else:
                 buf *= mu
                 buf += d if self.dampening == 0.0 else (1.0 - self.dampening) * d
