@@ -32,6 +32,8 @@ import numpy as np
 
 #: seconds a rank waits for the others in one collective before ending the job
 DEFAULT_TIMEOUT_S = 300.0
+#: seconds a failing rank waits between printing its error and MPI_Abort (see abort)
+ABORT_GRACE_S = 0.5
 TIMEOUT_ENV = "MINIGRAD_PFA_COLLECTIVE_TIMEOUT"
 
 
@@ -152,4 +154,8 @@ class MPICommunicator:
         print(f"minigrad-pfa (rank {self.rank} of {self.size}): error: {message}",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
+        # the launcher forwards this rank's output through a pipe; Abort makes it kill the
+        # job at once, and a message still in the pipe can be lost (seen with MPICH's Hydra
+        # on a loaded 2-core machine): give the forwarding a moment first
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
