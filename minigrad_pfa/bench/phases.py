@@ -8,7 +8,8 @@ profiled calls. So each phase is a set of functions whose own time is dominated 
   the weight gradient's per-block products (the ``<listcomp>`` of its ``partials``), the
   row-tap GEMMs and their sums ``gemm_into``; its copy is ``copyto``'s own), ``_conv_gemm``, ``conv2d_weight_grad``, the
   fold's per-offset GEMMs, ``channel_matmul``, linear layers, PFA's ``contract_first``;
-* **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``),
+* **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``), the
+  padded chunk buffers (``_fill_padded``),
   ``fold_windows`` (the ``+=`` of col2im), padding, ``as_strided``,
   ``ascontiguousarray``, ``concatenate``;
 * **BatchNorm**: ``functional/batchnorm.py``, ``cpu/batchnorm.py``, ``einsum`` and the
@@ -26,8 +27,8 @@ PHASES = ("GEMM", "im2col / col2im", "BatchNorm", "elementwise", "optimizer", "t
 _GEMM_CONV = {"rows", "partial", "<listcomp>", "gemm_into", "_conv_gemm", "conv2d_weight_grad",
               "<lambda>",
               "channel_matmul", "_input_error_col2im", "_input_error_fold"}
-_COPY_CONV = {"__call__", "fold_windows", "_im2col_cl", "col2im", "pad_channels_last",
-              "kernel_windows", "__init__", "channels_last", "_delta2d"}
+_COPY_CONV = {"__call__", "_fill_padded", "fold_windows", "_im2col_cl", "col2im",
+              "pad_channels_last", "kernel_windows", "__init__", "channels_last", "_delta2d"}
 _COPY_BUILTIN = ("copyto", "ascontiguousarray", "as_strided", "concatenate", "zeros",
                  "empty")
 
