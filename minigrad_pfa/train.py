@@ -451,6 +451,7 @@ def _saved_config(meta: dict) -> dict:
 
 def machine_description() -> dict:
     import platform
-    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+    from .cpu.machine import cpu_model
+    return {"node": platform.node(), "processor": cpu_model(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__}

@@ -338,3 +338,26 @@ def test_edge_batches_keep_their_bits():
         s = cpu_threads.num_shards(11, gemm_rows=3)
         sizes = [b.stop - b.start for b in cpu_threads.shard_bounds(11, s)]
         assert s > 1 and min(sizes) * 3 >= cpu_threads.GEMM_MIN_ROWS, sizes
+
+
+def test_cpu_model_names_the_processor_not_the_architecture(tmp_path, monkeypatch):
+    """cpu.machine.cpu_model: /proc/cpuinfo's model name where Linux has it (what a run's
+    results.json and the benchmark record), else platform's answer."""
+    import builtins
+    import platform
+
+    from minigrad_pfa.cpu.machine import cpu_model
+    from minigrad_pfa.train import machine_description
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000 @ 1GHz\n"
+                    "model name\t: second\n")
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        return real_open(fake if path == "/proc/cpuinfo" else path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert cpu_model() == "Example CPU 9000 @ 1GHz"
+    assert machine_description()["processor"] == "Example CPU 9000 @ 1GHz"
+    fake.write_text("processor\t: 0\n")  # no model name line
+    assert cpu_model() == (platform.processor() or platform.machine())

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cpu.machine import cpu_model
 from .regimes import ROUNDS, regime_threads, regime_timer, regime_view, run_interleaved
 from .suite import build_suite
 from .targets import evaluate_targets, format_targets
@@ -72,17 +73,6 @@ def run_worker(cfg: dict, env: dict, timeout_s: float) -> dict:
                      f"{time.perf_counter() - t0:.1f} s: " + " | ".join(tail)}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gb() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
@@ -112,7 +102,7 @@ def _loadavg():
 def machine_block(mode: str, device: str, threads: int) -> dict:
     import numpy as np
     torch_spec = importlib.util.find_spec("torch")
-    block = {"node": platform.node(), "processor": _cpu_model(), "cpus": os.cpu_count(),
+    block = {"node": platform.node(), "processor": cpu_model(), "cpus": os.cpu_count(),
              "cpus_usable": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else os.cpu_count()),
              "memory_gb": _memory_gb(), "os": platform.platform(),
