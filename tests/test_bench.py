@@ -481,6 +481,11 @@ def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
     from minigrad_pfa.bench import dispatch
     r = dispatch.dispatch_cost(2, calls=50)
     assert r["threads"] == 2 and 0 < r["q1_s"] <= r["median_s"] <= r["q3_s"]
+    rc = dispatch.region_cost(2, calls=5, work_s=2e-5)
+    for name in ("hot", "cold"):
+        assert rc[name]["region_s"] > 0 and 0 <= rc[name]["helper_share"] <= 0.5
+    tp = dispatch.threads_vs_processes(2, seconds=0.05)
+    assert tp["alone_s"] > 0 and tp["threads_s"] > 0 and tp["processes_s"] > 0
     monkeypatch.setattr(dispatch, "SHAPES", [(4, 8, 4)])
     rows = dispatch.op_scaling(2, rounds=1, calls=2)
     assert rows[0]["elements"] == 4 * 8 * 4 * 4

@@ -3,7 +3,14 @@
 ``python -m minigrad_pfa.bench.dispatch [THREADS]`` prints
 
 * the median and quartiles of :func:`dispatch_cost`: one empty
-  ``map_shards`` hand-off and collection (default: all usable cores);
+  ``map_shards`` hand-off and collection (default: all usable cores); an empty region
+  never waits for a helper (the calling thread takes every shard a sleeping helper has
+  not taken), so this is the hot path;
+* :func:`region_cost`: what a region with work costs beyond one shard, back to back and
+  after 1 ms of idling (a sleeping helper must be woken);
+* :func:`threads_vs_processes`: T threads of one process each running a one-thread
+  ResNet-20 first-stage convolution forward (half a batch of 128) against T processes
+  doing the same: what sharing the interpreter lock costs a sharded step;
 * for ResNet-20's activation shapes at batch 32 and 128 (float32, channels-last), the
   time of a ReLU forward and of a BatchNorm forward + backward on one thread and sharded
   over THREADS (forced: ``min_elements=1``), and the speed-up: the calibration of the
@@ -39,6 +46,98 @@ def dispatch_cost(threads: int | None = None, calls: int = 2000) -> dict:
                 times.append(time.perf_counter() - a)
     q1, med, q3 = statistics.quantiles(times, n=4)
     return {"threads": t, "calls": calls, "q1_s": q1, "median_s": med, "q3_s": q3}
+
+
+def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e-4) -> dict:
+    """What a parallel region with work costs beyond one shard, with the helpers hot (the
+    regions back to back) and cold (a 1 ms pause before each: the helpers sleep).
+
+    Each of the T shards runs the same NumPy work (a multiply sized to about ``work_s`` on
+    one thread). Per setting: the median region time, minus the median time of one shard
+    alone (the ideal), and the fraction of shards the helpers ran (the calling thread takes
+    the shards no helper has taken yet, so a helper that wakes late leaves it all the work).
+    """
+    import threading
+
+    t = threads or usable_cores()
+    n = 1 << 14
+    while True:  # size the work to about work_s
+        a, out = np.ones(n, np.float32), np.empty(n, np.float32)
+        if _fifth(lambda: np.multiply(a, 1.0001, out=out), 50) >= work_s or n >= 1 << 26:
+            break
+        n *= 2
+    arrays = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(t)]
+    shard_s = statistics.median(
+        [_fifth(lambda: np.multiply(arrays[0][0], 1.0001, out=arrays[0][1]), 20)
+         for _ in range(5)])
+    caller, helped = threading.get_ident(), [0]
+
+    def shard(sl):
+        np.multiply(arrays[sl.start][0], 1.0001, out=arrays[sl.start][1])
+        if threading.get_ident() != caller:
+            helped[0] += 1
+
+    out = {"threads": t, "shard_s": shard_s}
+    with using_threads(t, min_rows=1, min_elements=1):
+        for name, pause in (("hot", 0.0), ("cold", 1e-3)):
+            times, helped[0] = [], 0
+            for _ in range(calls):
+                if pause:
+                    time.sleep(pause)
+                a0 = time.perf_counter()
+                map_shards(shard, t)
+                times.append(time.perf_counter() - a0)
+            med = statistics.median(times)
+            out[name] = {"region_s": med, "overhead_s": med - shard_s,
+                         "helper_share": helped[0] / (calls * t)}
+    return out
+
+
+def _conv_forward_times(seconds: float) -> list[float]:
+    """One-thread row-tap convolution forwards of a (64, 16, 32, 32) float32 input (3x3,
+    padding 1) for about ``seconds``: their times."""
+    from ..functional import conv as F_conv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32, 32, 16), dtype=np.float32).transpose(0, 3, 1, 2)
+    W = rng.standard_normal((16, 16, 3, 3), dtype=np.float32)
+    F_conv.conv2d_forward(x, W, None, (1, 1), (1, 1))
+    ts, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        F_conv.conv2d_forward(x, W, None, (1, 1), (1, 1))
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def _process_worker(seconds: float) -> float:
+    from ..cpu.threads import set_threads
+    set_threads(1)
+    return statistics.median(_conv_forward_times(seconds))
+
+
+def threads_vs_processes(threads: int | None = None, seconds: float = 3.0) -> dict:
+    """Median seconds of the one-thread convolution forward of :func:`_conv_forward_times`:
+    alone, in each of T threads of this process at once, and in each of T processes."""
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    t = threads or usable_cores()
+    with using_threads(1):  # BLAS on one thread; the engine's own shards off
+        alone = statistics.median(_conv_forward_times(seconds))
+        results = [None] * t
+
+        def run(k):
+            results[k] = statistics.median(_conv_forward_times(seconds))
+
+        workers = [threading.Thread(target=run, args=(k,)) for k in range(t)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    with ProcessPoolExecutor(t) as pool:
+        procs = list(pool.map(_process_worker, [seconds] * t))
+    return {"threads": t, "alone_s": alone, "threads_s": statistics.median(results),
+            "processes_s": statistics.median(procs)}
 
 
 def _fifth(f, calls: int) -> float:
@@ -86,6 +185,17 @@ def main(argv=None) -> int:
           f"{r['q3_s'] * 1e6:.1f} us)")
     if T < 2:
         return 0
+    r = region_cost(T)
+    for name, what in (("hot", "back to back"), ("cold", "after 1 ms idle")):
+        v = r[name]
+        print(f"a region of {T} shards of {r['shard_s'] * 1e6:.0f} us each, {what}: "
+              f"{v['region_s'] * 1e6:.0f} us ({v['overhead_s'] * 1e6:.0f} us beyond one "
+              f"shard), helpers ran {100 * v['helper_share']:.0f}% of the shards")
+    r = threads_vs_processes(T)
+    print(f"a one-thread conv forward (64 x 16 x 32 x 32, 3x3): alone "
+          f"{r['alone_s'] * 1e3:.2f} ms, in each of {T} threads "
+          f"{r['threads_s'] * 1e3:.2f} ms, in each of {T} processes "
+          f"{r['processes_s'] * 1e3:.2f} ms")
     print(f"\nmemory-bound operations, 1 thread vs {T} (forced shards), ms:")
     print(f"{'shape (n, c, h, w)':>22} {'elements':>9} | {'ReLU fwd':>17} {'speed-up':>8} | "
           f"{'BN fwd+bwd':>17} {'speed-up':>8}")

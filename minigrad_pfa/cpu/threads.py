@@ -58,7 +58,19 @@ serial steps between them) loses up to 524 288 elements at batch 32 (0.47-0.94x)
 only 1.01-1.10x from 524 288 to 2 097 152 at batch 128, so it passes a quarter of its
 size. Measured on the MLP 784-512-512-10 at batch 64 before this rule: a ReLU of 64 x 512
 took 217-258 us in two shards (about 10 us serially) and the optimizer's two groups
-1.05 ms (0.41 ms serially): the step was slower on two threads than on one.
+1.05 ms (0.41 ms serially): the step was slower on two threads than on one. (Figures of the
+AMD EPYC VM this was tuned on.)
+
+What threads cost beyond that (Intel Xeon VM, 2 cores; ``python -m
+minigrad_pfa.bench.dispatch``, which prints all three): an empty region is cheap (5.4 us:
+the calling thread takes every shard no helper has taken), but a region of two 286 us
+shards takes 409 us back to back (123 us beyond one shard: the helper's wake-up at the
+start and the caller's at the end) and 598 us after 1 ms of idling, when the helper's
+virtual CPU has halted and wakes too late to take its shard in 60% of the regions; and a
+one-thread ResNet-20 convolution forward (half a batch) takes 3.6 ms alone, 4.1 ms in each
+of two threads of one process and 3.6 ms in each of two processes: the GIL hand-offs
+between NumPy calls cost the threads 16%. These are why a 2-thread step gains 1.5-1.6x
+on that machine where PyTorch, whose OpenMP workers spin instead of sleeping, gains 1.9x.
 
 Nested use: an operation running inside a shard never shards again (a thread-local flag),
 so the pool cannot deadlock on itself.
