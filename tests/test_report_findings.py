@@ -234,3 +234,18 @@ def test_training_config_fills_settings_added_after_a_run_was_saved():
     assert training_config(new, density=1.0) == training_config(old)
     assert training_config(dict(new, epochs=new["epochs"] + 1), density=1.0) != \
         training_config(old)
+
+
+def test_runs_without_a_cpu_model_are_explained():
+    """A results.json whose machine names only the architecture (before the CPU model was
+    recorded) gets the Runs section's note on which host ran it; a named model does not."""
+    from types import SimpleNamespace
+
+    from minigrad_pfa.report import sections
+
+    def run(processor):
+        return SimpleNamespace(complete=True, results={"machine": {"processor": processor}})
+
+    assert sections._bare_architecture(run("x86_64"))
+    assert not sections._bare_architecture(run("Intel(R) Xeon(R) Processor"))
+    assert not sections._bare_architecture(SimpleNamespace(complete=False, results=None))

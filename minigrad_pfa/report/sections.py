@@ -303,7 +303,22 @@ def runs_section(groups) -> list[str]:
             cmd = f"`{cmds[0]}`" + (f" (+{len(cmds) - 1} resume)" if len(cmds) > 1 else "")
             rows.append([r.path, protocol, label, r.seed, f"{len(r.metrics)}/{total}", acc,
                          hms(r.wall_s), machine_label(r), cmd])
-    return ["## Runs", "", "Test accuracy as recorded in results.json (its checkpoint "
-            "selection as in the protocol); commands as recorded by the trainer.", ""] + \
-        table(["run", "protocol", "rule", "seed", "epochs", "test %", "wall", "machine",
-                "command"], rows)
+    lines = ["## Runs", "", "Test accuracy as recorded in results.json (its checkpoint "
+             "selection as in the protocol); commands as recorded by the trainer.", ""]
+    if any(_bare_architecture(r) for g in groups.values() for r in g):
+        lines += ["A machine that reads only an architecture (`x86_64`) is a run finished "
+                  "before the trainer recorded the CPU model (commit 282113f, 2026-12-02): "
+                  "this project's runs until that day ran on a 2-core AMD EPYC KVM guest, "
+                  "later ones on a 2-core Intel Xeon guest, whose model the table then names; "
+                  "wall times of the two are not comparable.", ""]
+    return lines + table(["run", "protocol", "rule", "seed", "epochs", "test %", "wall",
+                          "machine", "command"], rows)
+
+
+#: what platform.machine() reports: a processor field holding only this names no model
+_ARCHITECTURES = {"x86_64", "amd64", "aarch64", "arm64", "i386", "i686", "ppc64le", "s390x"}
+
+
+def _bare_architecture(r) -> bool:
+    m = (r.results or {}).get("machine") or {}
+    return r.complete and str(m.get("processor", "")).lower() in _ARCHITECTURES
