@@ -17,7 +17,10 @@
 #   QUEUE       the list (default experiments/issue13_queue.txt)
 #   ORDER       "reverse": walk the list from its end (a second queue on another free core,
 #               meeting the first in the middle; a run the other queue holds is refused by
-#               its run.lock, logged, and retried in the next pass)
+#               its run.lock, logged, and retried in the next pass). Give a second queue its
+#               own snapshot and refresh file (SCI=/work/sci_rev SCI_REFRESH=
+#               /work/coord/sci_refresh_rev): a refresh moves the files under a running
+#               job, and a module that job imports later would come from the new code
 # Pause/continue the whole queue (script, grid and its training child) with the process
 # group: kill -STOP -- -PGID / kill -CONT -- -PGID (setsid makes PGID = the script's PID).
 #
@@ -79,13 +82,14 @@ for pass in $(seq "$PASSES"); do
     [ -f "$dir/results.json" ] && continue          # complete: nothing to run or log
     refresh
     mkdir -p "$out"
+    code=$(git -C "$SCI" rev-parse --short HEAD)  # the code this run starts with
     s=$(date +%s)
     PYTHONSAFEPATH=1 PYTHONPATH="$SCI" OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
       MKL_NUM_THREADS=1 nice -n 19 python -m minigrad_pfa.cli grid "$cfg" --seeds "$seed" \
       --out "$out" --threads 1 < /dev/null >> "$out/grid.log" 2>&1
     rc=$?
     echo "$cfg seed $seed exit $rc wall $(( $(date +%s) - s ))s host $(hostname)" \
-         "code $(git -C "$SCI" rev-parse --short HEAD) pass $pass${ORDER:+ order $ORDER}" \
+         "code $code pass $pass${ORDER:+ order $ORDER}" \
          "$(date -u)" >> "$out/runlog.txt"
   done
 done
