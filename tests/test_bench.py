@@ -466,7 +466,7 @@ def test_torch_step_by_operation_and_the_allcore_command(capsys):
                                  "threads": 1})
     ops = res["operations"]
     for name in ("conv forward", "conv input error + weight gradient", "BatchNorm forward",
-                 "BatchNorm backward", "ReLU backward", "other"):
+                 "BatchNorm backward", "ReLU forward", "ReLU backward", "other"):
         assert ops[name]["s"] > 0, name
     assert sum(v["s"] for v in ops.values()) <= res["step_s"] * 1.05
     assert allcore.main(["--model", "mlp", "--batch", "4", "--threads", "1", "--rounds", "1",
@@ -481,9 +481,11 @@ def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
     from minigrad_pfa.bench import dispatch
     r = dispatch.dispatch_cost(2, calls=50)
     assert r["threads"] == 2 and 0 < r["q1_s"] <= r["median_s"] <= r["q3_s"]
-    rc = dispatch.region_cost(2, calls=5, work_s=2e-5)
+    rc = dispatch.region_cost(2, calls=5, work_s=2e-5)  # a smoke test of the two reports
     for name in ("hot", "cold"):
-        assert rc[name]["region_s"] > 0 and 0 <= rc[name]["helper_share"] <= 0.5
+        # a region runs both shards: at least the work of one of them
+        assert rc[name]["region_s"] >= 0.5 * rc["shard_s"]
+        assert 0 <= rc[name]["helper_share"] <= 1  # a quick helper may take both
     tp = dispatch.threads_vs_processes(2, seconds=0.05)
     assert tp["alone_s"] > 0 and tp["threads_s"] > 0 and tp["processes_s"] > 0
     monkeypatch.setattr(dispatch, "SHAPES", [(4, 8, 4)])

@@ -383,8 +383,11 @@ def test_backend_parity(xp, rng, chunked):
 # ------------------------------------------------------- sample chunks vs whole batch
 
 
-def _chunk_bytes_for(samples, shape, k, s, p, itemsize):
-    """CHUNK_BYTES that makes chunks of ``samples`` samples for this geometry."""
+def _chunk_bytes_for(samples, shape, k, s, p, itemsize, oc=4):
+    """CHUNK_BYTES that makes chunks of ``samples`` samples for this geometry (stride-1 row
+    taps size by their own buffers, the others by im2col's; ``oc`` output channels)."""
+    if C.row_taps(k, s):
+        return samples * C._RowWindows.sample_bytes(shape[2:], shape[1], k, p, oc, itemsize)
     oh, ow = out_grid(shape[2], shape[3], *k, s, p)
     return samples * oh * ow * k[0] * k[1] * shape[1] * itemsize
 
@@ -425,7 +428,8 @@ def test_chunked_and_whole_batch_paths_match_torch(shape, k, s, p, dtype, tol, s
     if s == (1, 1) and p[0] <= k[0] - 1 and p[1] <= k[1] - 1:
         # the stride-1 input error runs the forward GEMM on the padded error
         oc_chunk = _chunk_bytes_for(samples, (5, 4) + shape[2:], k, (1, 1),
-                                    (k[0] - 1 - p[0], k[1] - 1 - p[1]), np.dtype(dtype).itemsize)
+                                    (k[0] - 1 - p[0], k[1] - 1 - p[1]), np.dtype(dtype).itemsize,
+                                    oc=shape[1])
         monkeypatch.setattr(C, "CHUNK_BYTES", oc_chunk)
         for ch in (True, False):
             dx = C.conv2d_input_error(d, W, shape, s, p, method="conv", chunked=ch)

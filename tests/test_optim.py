@@ -239,29 +239,43 @@ def test_backends_agree(xp):
             assert rel_err(to_numpy(pd.data), ph.data) <= 1e-6, (case, k)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_update_in_pieces_has_the_bits_of_the_whole_update(case, monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(CASES) + ["sgd_momentum_no_wd"])
+def test_update_in_pieces_has_the_bits_of_the_whole_update(case, dtype, monkeypatch):
     """cpu.elementwise.update_chunks: the update chain on 7-element pieces (every parameter
     but the bias cut, a short last piece) gives the bits of the whole-array chain over 5
-    steps (float32), state included; a strided parameter is updated whole."""
+    steps, state included; a strided parameter is updated whole. The pieces path really
+    runs (counted), and momentum without weight decay (first step buf = g) is covered."""
     from minigrad_pfa.cpu import elementwise
+    from minigrad_pfa.optim import adam as adam_mod, sgd as sgd_mod
 
-    name, kw = CASES[case]
-    results = []
+    name, kw = CASES.get(case, ("sgd", dict(lr=0.1, momentum=0.9)))
+    results, cut = [], []
+    real = elementwise.update_chunks
+
+    def counting(xp, *arrays):
+        out = real(xp, *arrays)
+        cut.append(len(out))
+        return out
+
+    monkeypatch.setattr(sgd_mod, "update_chunks", counting)
+    monkeypatch.setattr(adam_mod, "update_chunks", counting)
     for chunk in (10 ** 9, 7):
         monkeypatch.setattr(elementwise, "UPDATE_CHUNK", chunk)
-        named = _make_params(np.float32)
-        strided = Parameter(np.ones((6, 4), np.float32)[:, ::2])  # not C-contiguous
+        cut.clear()
+        named = _make_params(dtype)
+        strided = Parameter(np.ones((6, 4), dtype)[:, ::2])  # not C-contiguous
         opt = build_optimizer(name, named + [("strided", strided)], **kw)
-        for grads in _grad_stream(np.float32, N_STEPS):
-            grads = dict(grads, strided=np.full((6, 2), 0.5, np.float32))
+        for grads in _grad_stream(dtype, N_STEPS):
+            grads = dict(grads, strided=np.full((6, 2), 0.5, dtype))
             for k, p in named + [("strided", strided)]:
                 p.grad = grads[k]
             opt.step()
         results.append(({k: p.data.copy() for k, p in named + [("strided", strided)]},
-                        opt.state_dict()))
-    (whole, whole_state), (pieces, pieces_state) = results
-    pieces_of_36 = elementwise.update_chunks(np, np.ones(36, np.float32), None)
+                        opt.state_dict(), max(cut)))
+    (whole, whole_state, whole_cut), (pieces, pieces_state, pieces_cut) = results
+    assert whole_cut == 1 and pieces_cut == 8  # conv.weight: 54 elements in pieces of 7
+    pieces_of_36 = elementwise.update_chunks(np, np.ones(36, dtype), None)
     assert [q[0].size for q in pieces_of_36] == [7, 7, 7, 7, 7, 1]
     assert all(q[1] is None for q in pieces_of_36)
     for k in whole:

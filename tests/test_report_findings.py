@@ -236,16 +236,27 @@ def test_training_config_fills_settings_added_after_a_run_was_saved():
         training_config(old)
 
 
-def test_runs_without_a_cpu_model_are_explained():
+def test_runs_without_a_cpu_model_get_it_from_hosts_json(tmp_path):
     """A results.json whose machine names only the architecture (before the CPU model was
-    recorded) gets the Runs section's note on which host ran it; a named model does not."""
-    from types import SimpleNamespace
+    recorded) is labelled with the model a hosts.json above the run gives for its creation
+    time, marked; a recorded model is kept; without hosts.json the label is unchanged."""
+    from minigrad_pfa.report import fmt
+    from minigrad_pfa.report.runs import RunData
 
-    from minigrad_pfa.report import sections
+    def run(name, created, processor):
+        d = tmp_path / "results" / "f1" / name / "seed0"
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"created": created}))
+        return RunData(str(d), {}, [], {"machine": {"node": "vm", "processor": processor,
+                                                    "cpus": 2}, "device": "cpu"})
 
-    def run(processor):
-        return SimpleNamespace(complete=True, results={"machine": {"processor": processor}})
-
-    assert sections._bare_architecture(run("x86_64"))
-    assert not sections._bare_architecture(run("Intel(R) Xeon(R) Processor"))
-    assert not sections._bare_architecture(SimpleNamespace(complete=False, results=None))
+    old, new = run("a", "2026-11-30 12:00:00", "x86_64"), run("b", "2026-12-02 11:00:00",
+                                                                "x86_64")
+    named = run("c", "2026-11-30 12:00:00", "Intel(R) Xeon(R) Processor")
+    assert fmt.machine_label(old) == "vm (x86_64, 2 CPUs; cpu)"  # no hosts.json yet
+    (tmp_path / "results" / "hosts.json").write_text(json.dumps({"hosts": [
+        {"model": "AMD EPYC", "created_until": "2026-12-02 10:00:00"},
+        {"model": "Intel Xeon", "created_from": "2026-12-02 10:00:00"}]}))
+    assert fmt.machine_label(old) == "vm (AMD EPYC †, 2 CPUs; cpu)"
+    assert fmt.machine_label(new) == "vm (Intel Xeon †, 2 CPUs; cpu)"
+    assert fmt.machine_label(named) == "vm (Intel(R) Xeon(R) Processor, 2 CPUs; cpu)"

@@ -227,7 +227,6 @@ def run_scaling(cfg) -> dict:
     return out
 
 
-
 #: PyTorch operator (aten name, as torch.profiler lists it) -> the engine's operation it
 #: corresponds to; the first matching fragment wins (PyTorch's conv backward computes the
 #: input error and the weight gradient in one operator)
@@ -238,6 +237,7 @@ TORCH_OPERATIONS = (
     ("batch_norm", "BatchNorm forward"),
     ("threshold_backward", "ReLU backward"),
     ("relu", "ReLU forward"),
+    ("clamp_min", "ReLU forward"),  # aten::relu hands its work to clamp_min
     ("addmm", "linear"),
     ("aten::mm", "linear input error + weight gradient"),
 )

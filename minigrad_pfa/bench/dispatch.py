@@ -70,12 +70,13 @@ def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e
     shard_s = statistics.median(
         [_fifth(lambda: np.multiply(arrays[0][0], 1.0001, out=arrays[0][1]), 20)
          for _ in range(5)])
-    caller, helped = threading.get_ident(), [0]
+    caller, helped, lock = threading.get_ident(), [0], threading.Lock()
 
     def shard(sl):
         np.multiply(arrays[sl.start][0], 1.0001, out=arrays[sl.start][1])
         if threading.get_ident() != caller:
-            helped[0] += 1
+            with lock:
+                helped[0] += 1
 
     out = {"threads": t, "shard_s": shard_s}
     with using_threads(t, min_rows=1, min_elements=1):
@@ -110,6 +111,7 @@ def _conv_forward_times(seconds: float) -> list[float]:
 
 
 def _process_worker(seconds: float) -> float:
+    """In a fresh process: the median of :func:`_conv_forward_times` on one engine thread."""
     from ..cpu.threads import set_threads
     set_threads(1)
     return statistics.median(_conv_forward_times(seconds))

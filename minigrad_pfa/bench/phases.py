@@ -4,14 +4,14 @@ A function's *own* time (cProfile's tottime) includes the NumPy operators it app
 operator syntax or through ufuncs (``a @ b``, ``xp.matmul``, ``+=``): those are not
 profiled calls. So each phase is a set of functions whose own time is dominated by it:
 
-* **GEMM**: the conv chunk loops that call ``matmul`` (``rows`` of ``_conv_gemm``,
-  the weight gradient's per-block products (the ``<listcomp>`` of its ``partials``), the
-  row-tap GEMMs and their sums ``gemm_into``; its copy is ``copyto``'s own), ``_conv_gemm``, ``conv2d_weight_grad``, the
-  fold's per-offset GEMMs, ``channel_matmul``, linear layers, PFA's ``contract_first``;
-* **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``), the
-  padded chunk buffers (``_fill_padded``),
-  ``fold_windows`` (the ``+=`` of col2im), padding, ``as_strided``,
-  ``ascontiguousarray``, ``concatenate``;
+* **GEMM**: the conv chunk loops that call ``matmul`` (``rows`` of ``_conv_gemm``, the
+  weight gradient's per-block products (the ``<listcomp>`` of its ``partials``), the
+  row-tap GEMMs and their sums ``gemm_into``; its copy is ``copyto``'s own),
+  ``_conv_gemm``, ``conv2d_weight_grad``, the fold's per-offset GEMMs, ``channel_matmul``,
+  linear layers, PFA's ``contract_first``;
+* **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``),
+  the padded chunk buffers (``_fill_padded``), ``fold_windows`` (the ``+=`` of col2im),
+  padding, ``as_strided``, ``ascontiguousarray``, ``concatenate``;
 * **BatchNorm**: ``functional/batchnorm.py``, ``cpu/batchnorm.py``, ``einsum`` and the
   ufunc ``reduce`` (column sums; also the bias gradients' and the loss's sums);
 * **elementwise**: ReLU, the residual additions (``nn/resnet.py``), pooling, the loss;

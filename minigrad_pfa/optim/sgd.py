@@ -84,11 +84,13 @@ class SGD(Optimizer):
             (fused.sgd_nesterov if self.nesterov else fused.sgd)(w, g, buf, lr, wd, mu)
             return
         first = mu != 0.0 and buf is None
-        if first:
-            buf = self.state[name]["momentum_buffer"] = xp.empty_like(w)
+        if first:  # filled by the first update; stored only once it is whole
+            buf = xp.empty_like(w)
         # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same bits)
         for wq, gq, bq in update_chunks(xp, w, g, buf):
             self._chain(xp, wq, gq, bq, first, lr, wd)
+        if first:
+            self.state[name]["momentum_buffer"] = buf
 
     def _chain(self, xp, w, g, buf, first: bool, lr: float, wd: float) -> None:
         """The update of the notation block on one piece (``buf``: None without momentum;

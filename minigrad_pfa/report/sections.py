@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from .fmt import DASH, hms, machine_label, pm, slug, table
+from .fmt import DASH, FROM_HOSTS, hms, machine_label, pm, slug, table
 from .runs import (FINAL_VAL_PROTOCOLS, epoch_series, layer_names, mean_std, measured,
                    rule_label, training_config)
 
@@ -305,20 +305,10 @@ def runs_section(groups) -> list[str]:
                          hms(r.wall_s), machine_label(r), cmd])
     lines = ["## Runs", "", "Test accuracy as recorded in results.json (its checkpoint "
              "selection as in the protocol); commands as recorded by the trainer.", ""]
-    if any(_bare_architecture(r) for g in groups.values() for r in g):
-        lines += ["A machine that reads only an architecture (`x86_64`) is a run finished "
-                  "before the trainer recorded the CPU model (commit 282113f, 2026-12-02): "
-                  "this project's runs until that day ran on a 2-core AMD EPYC KVM guest, "
-                  "later ones on a 2-core Intel Xeon guest, whose model the table then names; "
-                  "wall times of the two are not comparable.", ""]
+    if any(FROM_HOSTS in row[7] for row in rows):
+        lines += [f"{FROM_HOSTS}: the run's results.json names only the architecture (it "
+                  "finished before the trainer recorded the CPU model); the model is the "
+                  "project's record of its hosts by the run's creation time (a hosts.json "
+                  "in a directory above the run). Wall times on different models are not comparable.", ""]
     return lines + table(["run", "protocol", "rule", "seed", "epochs", "test %", "wall",
                           "machine", "command"], rows)
-
-
-#: what platform.machine() reports: a processor field holding only this names no model
-_ARCHITECTURES = {"x86_64", "amd64", "aarch64", "arm64", "i386", "i686", "ppc64le", "s390x"}
-
-
-def _bare_architecture(r) -> bool:
-    m = (r.results or {}).get("machine") or {}
-    return r.complete and str(m.get("processor", "")).lower() in _ARCHITECTURES
