@@ -66,7 +66,7 @@ minigrad_pfa.bench.dispatch``, which prints all three): an empty region is cheap
 the calling thread takes every shard no helper has taken), but a region of two 286 us
 shards takes 409 us back to back (123 us beyond one shard: the helper's wake-up at the
 start and the caller's at the end) and 598 us after 1 ms of idling, when the helper's
-virtual CPU has halted and wakes too late to take its shard in 60% of the regions; and a
+virtual CPU has halted: the helper then ran 40% of the shards, not half; and a
 one-thread ResNet-20 convolution forward (half a batch) takes 3.56 ms alone, 4.13 ms in
 each of two threads of one process and 3.56 ms in each of two processes: the GIL hand-offs
 between NumPy calls cost the threads 16%. These are why a 2-thread step gains 1.5-1.6x
