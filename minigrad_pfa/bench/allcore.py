@@ -22,8 +22,8 @@ Run at 1 thread and at T threads, ``t_op(1) / t_op(T)`` is the operation's speed
 PyTorch by the same operations (worker kind ``torch_ops``, :func:`run_torch_ops`): the
 self time of every operator under torch.profiler, summed by :data:`TORCH_OPERATIONS`. The
 profiler costs time of its own (measured on the Intel Xeon VM, ResNet-20 batch 128: a step
-of 0.38-0.42 s unprofiled took 0.53-0.55 s under it on one thread; on two, 0.21-0.22 s
-took 0.24 s in one run and 0.43 s in another), so read these columns as the split of
+of 0.38-0.42 s unprofiled took 0.53-0.63 s under it on one thread; on two, 0.21-0.22 s
+took 0.24-0.43 s, in four runs), so read these columns as the split of
 PyTorch's step between the operations, not as its speed; *other* holds
 the optimizer (on the CPU torch.optim.SGD is a loop of ``add_``/``mul_`` calls, which the
 residual additions use too), the loss and the profiler's overhead.
