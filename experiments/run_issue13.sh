@@ -8,8 +8,8 @@
 # The queue is experiments/issue13_queue.txt: "family[:seed] config" per line, in run order;
 # runs go to results/<family>/<config name>/seed<seed> (seed 0 unless given).
 # environment:
-#   SCI         code snapshot (a git worktree of this repository; default /work/sci;
-#               created at HEAD if missing)
+#   SCI         code snapshot (a git worktree of this repository; default /work/sci, or
+#               /work/sci_reverse with ORDER=reverse; created at HEAD if missing)
 #   SCI_REFRESH file holding a commit: the snapshot is moved to it between two runs, then the
 #               file is removed (default /work/coord/sci_refresh)
 #   PASSES      passes over the list (default 2: a config missing or failing in pass 1, e.g.
@@ -17,10 +17,10 @@
 #   QUEUE       the list (default experiments/issue13_queue.txt)
 #   ORDER       "reverse": walk the list from its end (a second queue on another free core,
 #               meeting the first in the middle; a run the other queue holds is refused by
-#               its run.lock, logged, and retried in the next pass). Give a second queue its
-#               own snapshot and refresh file (SCI=/work/sci_rev SCI_REFRESH=
-#               /work/coord/sci_refresh_rev): a refresh moves the files under a running
-#               job, and a module that job imports later would come from the new code
+#               its run.lock, logged, and retried in the next pass). It has its own
+#               snapshot and refresh file (/work/sci_reverse, /work/coord/sci_refresh_reverse):
+#               a refresh moves the files under a running job, and a module that job
+#               imports later would come from the new code
 # Pause/continue the whole queue (script, grid and its training child) with the process
 # group: kill -STOP -- -PGID / kill -CONT -- -PGID (setsid makes PGID = the script's PID).
 #
@@ -32,8 +32,9 @@
 # script as it goes, and an in-place edit would change what it reads next.
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
-SCI=${SCI:-/work/sci}
-SCI_REFRESH=${SCI_REFRESH:-/work/coord/sci_refresh}
+# a reverse queue gets its own snapshot and refresh file by default (see ORDER)
+SCI=${SCI:-/work/sci${ORDER:+_$ORDER}}
+SCI_REFRESH=${SCI_REFRESH:-/work/coord/sci_refresh${ORDER:+_$ORDER}}
 PASSES=${PASSES:-2}
 QUEUE_FILE=${QUEUE:-$repo/experiments/issue13_queue.txt}
 
