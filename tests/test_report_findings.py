@@ -156,6 +156,25 @@ def test_kp_beside_pfa_statement(tmp_path):
     assert "Does PFA beat KP on F1? pending (run not finished)." in text   # no F1 runs
 
 
+def test_kp_single_seeds_judged_against_the_published_spread(tmp_path):
+    root = tmp_path / "runs"
+    # no protocol group has two seeds, but the configs carry the paper's stds 0.03 and
+    # 0.04: sigma = sqrt((0.03^2 + 0.04^2) / 2) = 0.0354, threshold 2 sqrt(2) sigma = 0.10;
+    # PFA - KP = -0.03 is inside it, +0.20 (below) is not
+    pub = {"published": {"mean": 98.4, "std": 0.04, "what": "final test"}}
+    write_run(root, cfg("e1_kp", "E1", "kp"), 98.38,
+              metrics=_kp_metrics(98.38, 7.0, 0.14, "kp_mismatch"))
+    write_run(root, cfg("e1_bp", "E1", "bp", published=dict(pub["published"], std=0.03)),
+              98.3)
+    write_run(root, cfg("e1_pfa", "E1", {"name": "pfa", "expand_ratio": 10}, **pub), 98.35,
+              metrics=_kp_metrics(98.35, 18.0, 0.18, "pfa_mismatch"))
+    text = report(root, tmp_path)
+    assert "sigma = 0.04 points (root mean square of the published stds" in text
+    assert "PFA 98.35 vs KP 98.38 (-0.03 points" in text
+    assert "no difference beyond noise" in text
+    assert "KP beats PFA" not in text
+
+
 def test_f2_density_one_borrowed_from_identical_f1_config(tmp_path):
     root = tmp_path / "runs"
     write_run(root, cfg("f1_fa", "F1", {"name": "fa"}), 81.0, angle=80.0)

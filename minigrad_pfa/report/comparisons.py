@@ -46,7 +46,7 @@ def _kp_statement(protocol, groups, summaries) -> str:
     kp, pfa = acc(summaries, protocol, "KP")[0], acc(summaries, protocol, "PFA")[0]
     if kp is None or pfa is None:
         return f"Does PFA beat KP on {protocol}? {PENDING}."
-    noise, used = seed_noise(groups, protocol)
+    noise, used = seed_noise(groups, protocol, summaries)
     diff = pfa - kp
     v = verdict(diff, noise, +1)
     head = (f"PFA {pfa:.2f} vs KP {kp:.2f} ({diff:+.2f} points; {noise_text(noise, used)}): "

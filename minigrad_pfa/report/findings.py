@@ -27,11 +27,14 @@ def acc_text(summaries, protocol, label) -> str:
     return PENDING if m is None else pm(m, s) + (f" (n = {n})" if n > 1 else "")
 
 
-def seed_noise(groups, protocol: str):
-    """Pooled seed-to-seed std of the measured accuracy over the protocol's groups with at
-    least two complete seeds, and the groups used; ``(None, [])`` when there are none.
+def seed_noise(groups, protocol: str, summaries=None):
+    """The protocol's seed-to-seed std of the accuracy and where it comes from.
 
-    Pooled: ``sqrt(sum((n_g - 1) s_g^2) / sum(n_g - 1))``.
+    Returns ``(sigma, source)``: the pooled std over the protocol's groups with at least
+    two complete seeds, ``sqrt(sum((n_g - 1) s_g^2) / sum(n_g - 1))``, with source
+    "pooled over <groups>"; else, when ``summaries`` are given and the protocol's configs
+    carry published stds (the paper's seed-to-seed spread), their root mean square, with
+    source "published"; else ``(None, None)``.
     """
     num, den, used = 0.0, 0, []
     for (p, label), g in groups.items():
@@ -42,16 +45,24 @@ def seed_noise(groups, protocol: str):
             num += (n - 1) * s * s
             den += n - 1
             used.append(label)
-    return (math.sqrt(num / den), used) if den else (None, [])
+    if den:
+        return math.sqrt(num / den), "pooled over " + ", ".join(used)
+    pub = [(label, v["published"]["std"]) for (p, label), v in (summaries or {}).items()
+           if p == protocol and (v.get("published") or {}).get("std") is not None]
+    if pub:
+        return (math.sqrt(sum(s * s for _, s in pub) / len(pub)),
+                "root mean square of the published stds of " + ", ".join(l for l, _ in pub)
+                + "; no measured group has two seeds")
+    return None, None
 
 
-def noise_text(noise, used) -> str:
+def noise_text(noise, source) -> str:
     if noise is None:
-        return ("no seed-to-seed noise estimate yet (no group with two or more seeds): "
-                "verdicts below go by the sign of single-seed differences only")
-    return (f"seed-to-seed std sigma = {noise:.2f} points (pooled over "
-            f"{', '.join(used)}); a difference of two single-seed runs counts when it exceeds "
-            f"2·sqrt(2)·sigma = {2 * math.sqrt(2) * noise:.2f} points")
+        return ("no seed-to-seed noise estimate yet (no group with two or more seeds, no "
+                "published std): verdicts below go by the sign of single-seed differences only")
+    return (f"seed-to-seed std sigma = {noise:.2f} points ({source}); a difference of two "
+            f"single-seed runs counts when it exceeds 2·sqrt(2)·sigma = "
+            f"{2 * math.sqrt(2) * noise:.2f} points")
 
 
 def verdict(diff, noise, expected_sign: int) -> str:

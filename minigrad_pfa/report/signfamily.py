@@ -89,7 +89,7 @@ def findings(summaries, noise) -> list[tuple]:
 
 
 def sign_family_section(groups, summaries) -> list[str]:
-    noise, used = seed_noise(groups, BASE)
+    noise, used = seed_noise(groups, BASE, summaries)
     lines = ["## F1-SF: the sign-concordant family on F1 (Moskovitz et al. 2018)", "",
              "F1's protocol (Fashion-MNIST, ResNet-20, 8 epochs, seed 0) with the conditions "
              "of Moskovitz, Litwin-Kumar & Abbott (2018): SN and Init normalise the feedback "
