@@ -292,9 +292,26 @@ def test_ordering_agreement_counts_pairs_and_published_ties():
     # PFA-o < BP here but the reference has them within their stds (91.31 ± 0.18 vs
     # 91.42 ± 0.19): a tie, either order agrees; PFA < uSF reverses 90.70 vs 89.97.
     meas = {"PFA-o": 91.0, "BP": 91.2, "PFA": 90.0, "uSF": 90.5, "FA": 70.0, "DFA": 40.0}
-    assert ordering_agreement(meas, ref) == (14, 15, [("PFA", "uSF")])
-    assert ordering_agreement({"BP": 80.0, "FA": 85.0}, ref) == (0, 1, [("BP", "FA")])
-    assert ordering_agreement({"BP": 80.0}, ref) == (0, 0, [])
+    assert ordering_agreement(meas, ref) == (14, 15, [("PFA", "uSF")], [])
+    assert ordering_agreement({"BP": 80.0, "FA": 85.0}, ref) == (0, 1, [("BP", "FA")], [])
+    assert ordering_agreement({"BP": 80.0}, ref) == (0, 0, [], [])
+
+
+def test_ordering_agreement_measured_ties():
+    from minigrad_pfa.report import ORDERING_REFERENCE, ordering_agreement
+
+    ref = ORDERING_REFERENCE["F1"][1]   # BP 91.42 > PFA 90.70: not a published tie
+    # equal means at 0.01: tied, whatever the spread
+    assert ordering_agreement({"BP": 92.37, "PFA": 92.37}, ref) == (0, 1, [], [("BP", "PFA")])
+    # PFA 0.3 above BP; over 3 seeds each with stds 0.3 the standard error is
+    # sqrt(0.09/3 + 0.09/3) = 0.245, twice that 0.49 > 0.3: tied, not reversed
+    meas, spread = {"BP": 92.0, "PFA": 92.3}, {"BP": (0.3, 3), "PFA": (0.3, 3)}
+    assert ordering_agreement(meas, ref, spread) == (0, 1, [], [("BP", "PFA")])
+    # the same gap over single seeds: reversed
+    assert ordering_agreement(meas, ref, {"BP": (None, 1), "PFA": (None, 1)}) == \
+        (0, 1, [("BP", "PFA")], [])
+    # BP 0.6 above PFA, beyond 0.49: agrees
+    assert ordering_agreement({"BP": 92.9, "PFA": 92.3}, ref, spread) == (1, 1, [], [])
 
 
 def test_f1_report_states_the_measured_ordering(tmp_path, monkeypatch):
@@ -311,7 +328,9 @@ def test_f1_report_states_the_measured_ordering(tmp_path, monkeypatch):
         sec = section(fh.read(), "F1")
     line = [x for x in sec.splitlines() if x.startswith("Ordering:")][0]
     best, worst = sorted(accs, key=lambda r: -accs[r])
-    assert f"best first: {best} {accs[best]:.2f} > {worst} {accs[worst]:.2f}." in line
+    rel = "=" if f"{accs[best]:.2f}" == f"{accs[worst]:.2f}" else ">"
+    assert (f"best first (mean over the complete seeds): {best} {accs[best]:.2f} {rel} "
+            f"{worst} {accs[worst]:.2f}.") in line
     agree = int(accs["BP"] > accs["FA"])
     assert f"Pairs in the reference order: {agree} of 1" in line
     assert "Not yet measured: PFA-o, PFA, uSF, DFA." in line

@@ -105,6 +105,22 @@ def test_sign_family_noise_makes_small_differences_inconclusive(tmp_path):
     assert "within noise" in row(text, "Const helps")
 
 
+def test_sign_family_normalisation_finding_against_noise(tmp_path):
+    # F1 over seeds 0-2 (f1_base): BP mean 92 - 0.1/3, uSF mean 90 - 0.1/3, gap 2.00, half-way
+    # point 91 - 0.1/3; sigma = std of (0, 0.1, -0.2) = 0.153. A single-seed SN against
+    # 3-seed means: d's standard error 0.153 * sqrt(1 + 1/12 + 1/12) = 0.165, twice 0.33
+    half = 91.0 - 0.1 / 3
+    for sn, expected in ((half + 0.2, "within noise (half the gap is 0.20 points away"),
+                         (half + 0.5, "agrees"), (half - 0.5, "deviates")):
+        root = tmp_path / f"runs{sn:.2f}"
+        f1_base(root, seeds=(0, 1, 2))
+        write_run(root, cfg("f1sf_usf_sn", "F1-SF", {"name": "usf", "norm": "sn"}), sn)
+        write_run(root, cfg("f1sf_usf_init", "F1-SF", {"name": "usf", "norm": "init"}), 90.0)
+        verdict_cell = row(report(root, tmp_path / f"o{sn:.2f}"),
+                           "normalised SF (SN, Init) closes most of the gap to BP").split("|")[3]
+        assert verdict_cell.strip().startswith(expected), verdict_cell
+
+
 def write_seeds(root, bp, pfa, pfa_o):
     """F1 runs of BP, PFA and PFA-o with these test accuracies for seeds 0, 1, 2."""
     for rule, name, vals in (("bp", "f1_bp", bp),
@@ -151,8 +167,9 @@ def test_kp_beside_pfa_statement(tmp_path):
     text = report(root, tmp_path)
     assert "PFA 98.40 vs KP 98.20 (+0.20 points" in text
     assert "PFA beats KP here" in text
-    assert "relative mismatch 0.02, path angle 1.5°" in text
-    assert "stays 18.0° from W" in text
+    assert "path angle 1.5° against 18.0°" in text
+    assert "relative mismatch to W to 0.02 (PFA's R to BᵀW: 0.2)" in text
+    assert "not explained by closer alignment" in text
     assert "Does PFA beat KP on F1? pending (run not finished)." in text   # no F1 runs
 
 
@@ -173,6 +190,7 @@ def test_kp_single_seeds_judged_against_the_published_spread(tmp_path):
     assert "PFA 98.35 vs KP 98.38 (-0.03 points" in text
     assert "no difference beyond noise" in text
     assert "KP beats PFA" not in text
+    assert "did not buy a measurable accuracy difference" in text
 
 
 def test_f2_density_one_borrowed_from_identical_f1_config(tmp_path):

@@ -62,7 +62,8 @@ def noise_text(noise, source) -> str:
                 "published std): verdicts below go by the sign of single-seed differences only")
     return (f"seed-to-seed std sigma = {noise:.2f} points ({source}); a difference of two "
             f"single-seed runs counts when it exceeds 2·sqrt(2)·sigma = "
-            f"{2 * math.sqrt(2) * noise:.2f} points")
+            f"{2 * math.sqrt(2) * noise:.2f} points (two standard errors, a normal "
+            f"approximation: with as few seeds as here a t-test would ask for more)")
 
 
 def verdict(diff, noise, expected_sign: int) -> str:

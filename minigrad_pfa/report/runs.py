@@ -279,8 +279,9 @@ def layer_names(runs) -> list[str]:
 
 
 def final_alignment(runs) -> "OrderedDict[str, dict]":
-    """Per layer: mean over seeds of the last epoch's path angle and norm ratio, and
-    whether the layer's feedback is unused (the first layer)."""
+    """Per layer: mean over ``runs`` (the caller passes the complete ones) of the last
+    epoch's path angle and norm ratio, and whether the layer's feedback is unused (the
+    first layer)."""
     out = OrderedDict()
     last = [r.metrics[-1] for r in runs if r.metrics]
     for layer in layer_names(runs):
@@ -310,7 +311,7 @@ def group_summary(key, runs) -> dict:
         else None,
         "wall_s_per_seed": wall, "machines": sorted({machine_label(r) for r in done}),
         "density": feedback_density(runs[0].cfg),
-        "final_alignment": final_alignment(runs),
+        "final_alignment": final_alignment(done),  # complete runs only, as the accuracy
     }
 
 

@@ -78,7 +78,7 @@ def alignment_table(keys, summaries) -> list[str]:
                 layers.append(layer)
     if not layers:
         return []
-    lines = ["Per-layer path alignment at the last recorded epoch, mean over seeds: angle "
+    lines = ["Per-layer path alignment at the last epoch, mean over the complete seeds: angle "
              "between the matrix M the rule propagates with and W (degrees), and the norm "
              "ratio ||M|| / ||W|| in parentheses; n/a where undefined (DFA). The first "
              "layer's feedback is never used (marked).", ""]
@@ -157,7 +157,7 @@ def density_drops(points) -> list[str]:
             ""]
 
 
-def ordering_agreement(measured: dict, reference: dict) -> tuple:
+def ordering_agreement(measured: dict, reference: dict, spread: dict | None = None) -> tuple:
     """Pairwise agreement of a measured ranking with a reference one.
 
     Parameters
@@ -166,47 +166,77 @@ def ordering_agreement(measured: dict, reference: dict) -> tuple:
         ``{rule: mean accuracy}``.
     reference : dict
         ``{rule: (mean, std)}``.
+    spread : dict, optional
+        ``{rule: (std, n)}`` of the measured means (sample std over n seeds).
 
     Returns
     -------
-    (agree, total, disagreements)
-        Over the pairs of rules present in both: a pair agrees when the measured order is the
-        reference order, or when the reference means differ by no more than the sum of their
-        stds (a published tie, e.g. "PFA-o ≳ BP", where either order agrees);
-        ``disagreements`` lists the pairs ``(a, b)`` that the reference puts a > b but the
-        measurement does not.
+    (agree, total, reversed, tied)
+        Over the pairs of rules present in both, with ``a`` the reference's higher rule:
+        a pair *agrees* when the reference means differ by no more than the sum of their
+        stds (a published tie, e.g. "PFA-o ≳ BP", where either order agrees) or the
+        measurement puts ``a`` above ``b`` beyond the measured noise; it is *tied* when
+        the measured means are equal at the reported precision (0.01 points) or, both
+        having two or more seeds, differ by no more than twice their standard error
+        ``sqrt(s_a^2/n_a + s_b^2/n_b)`` (the measurement does not order them); else
+        *reversed*. ``reversed`` and ``tied`` list the pairs ``(a, b)``.
     """
+    spread = spread or {}
+
+    def within_noise(a, b):
+        d = abs(measured[a] - measured[b])
+        if d < 0.005:
+            return True
+        (sa, na), (sb, nb) = spread.get(a, (None, 1)), spread.get(b, (None, 1))
+        if sa is None or sb is None or na < 2 or nb < 2:
+            return False
+        return d <= 2 * (sa * sa / na + sb * sb / nb) ** 0.5
+
     rules = [r for r in reference if r in measured]
-    agree, total, bad = 0, 0, []
+    agree, total, bad, tied = 0, 0, [], []
     for i, a in enumerate(rules):
         for b in rules[i + 1:]:
             (ma, sa), (mb, sb) = reference[a], reference[b]
             hi, lo = (a, b) if ma >= mb else (b, a)
             total += 1
-            if abs(ma - mb) <= sa + sb or measured[hi] > measured[lo]:
+            if abs(ma - mb) <= sa + sb:
+                agree += 1
+            elif within_noise(hi, lo):
+                tied.append((hi, lo))
+            elif measured[hi] > measured[lo]:
                 agree += 1
             else:
                 bad.append((hi, lo))
-    return agree, total, bad
+    return agree, total, bad, tied
 
 
 def ordering_section(protocol, keys, summaries) -> list[str]:
     source, ref = ORDERING_REFERENCE[protocol]
-    meas = {summaries[k]["rule"]: summaries[k]["measured"]["mean"] for k in keys
-            if summaries[k]["measured"]["n"]}
+    done = [k for k in keys if summaries[k]["measured"]["n"]]
+    meas = {summaries[k]["rule"]: summaries[k]["measured"]["mean"] for k in done}
+    spread = {summaries[k]["rule"]: (summaries[k]["measured"]["std"],
+                                     summaries[k]["measured"]["n"]) for k in done}
     if not meas:
         return []
     ranked = sorted(meas, key=lambda r: -meas[r])
     ref_ranked = sorted(ref, key=lambda r: -ref[r][0])
-    lines = [f"Ordering: measured here, best first: "
-             + " > ".join(f"{r} {meas[r]:.2f}" for r in ranked) + f". Reference, {source}: "
+    # equal means at the printed precision are printed as equal, not as an order
+    order = f"{ranked[0]} {meas[ranked[0]]:.2f}" + "".join(
+        f" {'=' if f'{meas[p]:.2f}' == f'{meas[r]:.2f}' else '>'} {r} {meas[r]:.2f}"
+        for p, r in zip(ranked, ranked[1:]))
+    lines = [f"Ordering: measured here, best first (mean over the complete seeds): {order}. "
+             f"Reference, {source}: "
              + " > ".join(f"{r} {ref[r][0]:.2f}" for r in ref_ranked) + "."]
-    agree, total, bad = ordering_agreement(meas, ref)
+    agree, total, bad, tied = ordering_agreement(meas, ref, spread)
     if total:
         lines[-1] += (f" Pairs in the reference order: {agree} of {total} (a pair whose "
                       f"reference means lie within the sum of their stds counts either way)")
-        lines[-1] += ("; reversed: " + ", ".join(f"{a} > {b}" for a, b in bad) + "."
-                      if bad else ".")
+        if tied:
+            lines[-1] += ("; not ordered by the measurement (equal means, or within twice "
+                          "their standard error over seeds), reference order: "
+                          + ", ".join(f"{a} > {b}" for a, b in tied))
+        lines[-1] += ("; measured in the opposite order (reference order given): "
+                      + ", ".join(f"{a} > {b}" for a, b in bad) + "." if bad else ".")
     missing = [r for r in ref if r not in meas]
     if missing:
         lines[-1] += " Not yet measured: " + ", ".join(missing) + "."

@@ -59,7 +59,8 @@ def sparse_section(groups, summaries, out, plots) -> list[str]:
     lines = ["## F2: sparse feedback in a deep convolutional network, beside E4", "",
              "F1's protocol (Fashion-MNIST, ResNet-20, 8 epochs, seed 0) with a fixed "
              "Bernoulli mask of density rho on each layer's feedback (`feedback_density`, "
-             "no rescaling); rho = 1 is F1's run of the same config. The PFA paper examined "
+             "no rescaling); rho = 1 is F1's runs of the same config (mean ± std where F1 "
+             "has repeated seeds). The PFA paper examined "
              "sparse feedback only in the MNIST MLP (E4, right). Cells: test % of the "
              "best-validation checkpoint, and the mean final path angle over the layers "
              "whose feedback is used.", ""]
