@@ -266,7 +266,9 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     if have_torch:
         assert {("resnet20-tiny", "bp", "torch"), ("resnet20-tiny", "pfa-r10", "torch")} <= seen
     proto = [r for r in data["records"] if r.get("variants")]
-    assert proto and proto[0]["variants"] == ["malloc-keep"]
+    assert proto and proto[0]["variants"] == ["spin-pool"]
+    assert {r["model"] for r in data["records"] if r.get("group") == "proposal"} == \
+        {"resnet20-tiny", "mlp-tiny"}
     lit = next(r for r in data["records"] if r["rule"] == "pfa-r10-literal")
     assert lit["pfa_orders"] == {"fast": 0, "literal": 20}  # ResNet-20 has 20 weight layers
     assert {t["key"] for t in data["targets"]} >= {"resnet_pfa_vs_bp", "mlp_bp_vs_torch"}
@@ -481,11 +483,16 @@ def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
     from minigrad_pfa.bench import dispatch
     r = dispatch.dispatch_cost(2, calls=50)
     assert r["threads"] == 2 and 0 < r["q1_s"] <= r["median_s"] <= r["q3_s"]
-    rc = dispatch.region_cost(2, calls=5, work_s=2e-5)  # a smoke test of the two reports
-    for name in ("hot", "cold"):
-        # a region runs both shards: at least the work of one of them
-        assert rc[name]["region_s"] >= 0.5 * rc["shard_s"]
-        assert 0 <= rc[name]["helper_share"] <= 1  # a quick helper may take both
+    from minigrad_pfa.cpu import threads as cpu_threads
+    engine_executor = cpu_threads.ThreadPoolExecutor
+    for spinning in (False, True):  # a smoke test of the reports, on both pools
+        rc = dispatch.region_cost(2, calls=5, work_s=2e-5, spinning=spinning)
+        assert rc["spinning"] is spinning
+        for name in ("hot", "cold"):
+            # a region runs both shards: at least the work of one of them
+            assert rc[name]["region_s"] >= 0.5 * rc["shard_s"]
+            assert 0 <= rc[name]["helper_share"] <= 1  # a quick helper may take both
+    assert cpu_threads.ThreadPoolExecutor is engine_executor  # the prototype is undone
     tp = dispatch.threads_vs_processes(2, seconds=0.05)
     assert tp["alone_s"] > 0 and tp["threads_s"] > 0 and tp["processes_s"] > 0
     monkeypatch.setattr(dispatch, "SHAPES", [(4, 8, 4)])

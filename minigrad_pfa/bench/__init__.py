@@ -8,5 +8,6 @@ targets     the issue's performance targets evaluated on one run
 report_md   docs/performance.md from the JSON
 torch_models  PyTorch twins: autograd BP and the published PFA formulation
 proto       prototype engine speed-ups measured by ``--proposals``
+spinpool    prototype pool whose helpers spin (proto's ``spin-pool``; dispatch's regions)
 loader      data-loader throughput
 """

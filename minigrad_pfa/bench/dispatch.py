@@ -7,7 +7,8 @@
   never waits for a helper (the calling thread takes every shard a sleeping helper has
   not taken), so this is the hot path;
 * :func:`region_cost`: what a region with work costs beyond one shard, back to back and
-  after 1 ms of idling (a sleeping helper must be woken);
+  after 1 ms of idling (a sleeping helper must be woken), on the engine's pool and on the
+  prototype pool whose helpers spin (:mod:`.spinpool`);
 * :func:`threads_vs_processes`: T threads of one process each running a one-thread
   ResNet-20 first-stage convolution forward (half a batch of 128) against T processes
   doing the same: what sharing the interpreter lock costs a sharded step;
@@ -22,12 +23,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
 from ..cpu.threads import map_shards, usable_cores, using_threads
 from ..functional import activation as F_act
 from ..functional import batchnorm as F_bn
+from .spinpool import spinning_pools
 
 #: (batch, channels, side) of the activations measured
 SHAPES = [(b, c, s) for b in (32, 128) for c, s in ((16, 32), (32, 16), (64, 8))]
@@ -48,9 +51,12 @@ def dispatch_cost(threads: int | None = None, calls: int = 2000) -> dict:
     return {"threads": t, "calls": calls, "q1_s": q1, "median_s": med, "q3_s": q3}
 
 
-def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e-4) -> dict:
+def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e-4,
+                spinning: bool = False) -> dict:
     """What a parallel region with work costs beyond one shard, with the helpers hot (the
     regions back to back) and cold (a 1 ms pause before each: the helpers sleep).
+    ``spinning``: on the prototype pool whose helpers poll for 2 ms before they sleep
+    (:mod:`.spinpool`) instead of the engine's.
 
     Each of the T shards runs the same NumPy work (a multiply sized to about ``work_s`` on
     one thread). Per setting: the median region time, minus the median time of one shard
@@ -78,8 +84,9 @@ def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e
             with lock:
                 helped[0] += 1
 
-    out = {"threads": t, "shard_s": shard_s}
-    with using_threads(t, min_rows=1, min_elements=1):
+    out = {"threads": t, "shard_s": shard_s, "spinning": spinning}
+    with (spinning_pools() if spinning else nullcontext()), \
+            using_threads(t, min_rows=1, min_elements=1):
         for name, pause in (("hot", 0.0), ("cold", 1e-3)):
             times, helped[0] = [], 0
             for _ in range(calls):
@@ -187,12 +194,15 @@ def main(argv=None) -> int:
           f"{r['q3_s'] * 1e6:.1f} us)")
     if T < 2:
         return 0
-    r = region_cost(T)
-    for name, what in (("hot", "back to back"), ("cold", "after 1 ms idle")):
-        v = r[name]
-        print(f"a region of {T} shards of {r['shard_s'] * 1e6:.0f} us each, {what}: "
-              f"{v['region_s'] * 1e6:.0f} us ({v['overhead_s'] * 1e6:.0f} us beyond one "
-              f"shard), helpers ran {100 * v['helper_share']:.0f}% of the shards")
+    for spinning in (False, True):
+        r = region_cost(T, spinning=spinning)
+        pool = "spinning prototype pool (bench.spinpool)" if spinning else "engine's pool"
+        for name, what in (("hot", "back to back"), ("cold", "after 1 ms idle")):
+            v = r[name]
+            print(f"{pool}: a region of {T} shards of {r['shard_s'] * 1e6:.0f} us each, "
+                  f"{what}: {v['region_s'] * 1e6:.0f} us ({v['overhead_s'] * 1e6:.0f} us "
+                  f"beyond one shard), helpers ran {100 * v['helper_share']:.0f}% of the "
+                  f"shards")
     r = threads_vs_processes(T)
     print(f"a one-thread conv forward (64 x 16 x 32 x 32, 3x3): alone "
           f"{r['alone_s'] * 1e3:.2f} ms, in each of {T} threads "

@@ -15,12 +15,16 @@ Variants
     mapping whose pages the kernel faults in and zeroes on first touch: about 20 000
     page faults and 0.2-1 s of system time per ResNet-20 batch-128 step here.
 
+``spin-pool``
+    The engine's pool helpers poll for work for 2 ms before they sleep
+    (:mod:`.spinpool`), as PyTorch's OpenMP workers do, instead of sleeping at once.
+
 Adopted (moved into the engine, deleted here): ``chunked-conv``, the sample-chunked
 im2col + GEMM of :mod:`minigrad_pfa.functional.conv` (its default on the CPU).
 """
 from __future__ import annotations
 
-VARIANTS = ("malloc-keep",)
+VARIANTS = ("malloc-keep", "spin-pool")
 
 
 def malloc_keep() -> None:
@@ -39,5 +43,8 @@ def apply_variants(names) -> None:
     for name in names or ():
         if name == "malloc-keep":
             malloc_keep()
+        elif name == "spin-pool":
+            from .spinpool import use_spinning_pool
+            use_spinning_pool()
         else:
             raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")

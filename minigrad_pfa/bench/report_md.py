@@ -120,20 +120,22 @@ def _proposal_section(data) -> list[str]:
     rows = []
     for r in recs:
         if r.get("error"):
-            rows.append([r["rule"], "+".join(r.get("variants") or ["(engine as is)"]),
+            rows.append([f"{r.get('model', '')} {r['rule']}",
+                         "+".join(r.get("variants") or ["(engine as is)"]),
                          "error: " + r["error"][:80], "-", "-", "-"])
             continue
         base = next((b for b in recs if not b.get("error") and not b.get("variants")
-                     and b["rule"] == r["rule"]), None)
-        rows.append([r["rule"], " + ".join(r.get("variants") or ["(engine as is)"]),
-                     f"{r['step_s']:.3f}",
+                     and b["rule"] == r["rule"] and b.get("model") == r.get("model")), None)
+        rows.append([f"{r.get('model', '')} {r['rule']}",
+                     " + ".join(r.get("variants") or ["(engine as is)"]),
+                     f"{r['step_s']:.4f}",
                      "-" if base is None else f"{r['step_s'] / base['step_s']:.2f}",
                      f"{r['peak_mb']:.0f}", f"{r['gflops']:.1f}"])
     return ["## Proposed engine speed-ups (prototypes, `minigrad_pfa.bench.proto`)", "",
-            f"The engine's ResNet-20 step (batch {recs[0]['batch']}) measured again next to "
-            "the same step with prototype changes applied in the worker process; "
+            "The engine's steps measured again next to the same steps with prototype "
+            "changes applied in the worker process; "
             "*x as is* is the ratio to the unchanged engine measured in this block.", ""] + \
-        _table(["rule", "variant", f"step (s, {timer}, median)", "x as is", "peak MB",
+        _table(["model rule", "variant", f"step (s, {timer}, median)", "x as is", "peak MB",
                 "GFLOP/s"], rows)
 
 

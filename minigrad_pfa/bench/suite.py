@@ -71,7 +71,7 @@ _SLOW = ("pfa-r10-literal",)
 
 
 #: engine variants measured by ``--proposals`` (:mod:`minigrad_pfa.bench.proto`)
-PROPOSALS = (("malloc-keep",),)
+PROPOSALS = (("malloc-keep",), ("spin-pool",))
 
 
 def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
@@ -93,8 +93,9 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         Append cProfile runs of the ResNet-20 BP and PFA (r = 10) steps and (CPU) the
         all-core breakdown of :mod:`.allcore` (kinds ``ops`` and ``scaling``).
     proposals : bool
-        Append the ResNet-20 BP and PFA (r = 10) steps under each prototype variant of
-        :data:`PROPOSALS` (CPU only), right after the same steps without one.
+        Append the ResNet-20 BP and PFA (r = 10) steps and the MLP BP step under each
+        prototype variant of :data:`PROPOSALS` (CPU only), right after the same steps
+        without one.
 
     The ResNet-20 group at the reference batch comes first and interleaves the engine
     with PyTorch, so that the headline ratios are measured close together in time.
@@ -157,6 +158,11 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
             cfgs.append(R(rule, group="proposal"))
             for v in variants:
                 cfgs.append(dict(R(rule, group="proposal"), variants=list(v)))
+        # the MLP's steps are short, many parallel regions a millisecond: where a pool's
+        # wake-ups show most
+        cfgs.append(dict(M("bp"), group="proposal"))
+        for v in variants:
+            cfgs.append(dict(M("bp"), group="proposal", variants=list(v)))
     if profile:
         for rule in ("bp", "pfa-r10"):
             c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")
