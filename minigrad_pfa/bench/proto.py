@@ -18,6 +18,9 @@ Variants
 ``spin-pool``
     The engine's pool helpers poll for work for 2 ms before they sleep
     (:mod:`.spinpool`), as PyTorch's OpenMP workers do, instead of sleeping at once.
+    Measured slower (1.12-1.15x the engine's step on 2 threads; the reason is in
+    :mod:`minigrad_pfa.cpu.threads`, "Why the helpers sleep"): not adopted, kept so that
+    the finding can be rerun on another machine.
 
 Adopted (moved into the engine, deleted here): ``chunked-conv``, the sample-chunked
 im2col + GEMM of :mod:`minigrad_pfa.functional.conv` (its default on the CPU).

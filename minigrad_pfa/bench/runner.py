@@ -358,8 +358,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true",
                    help="also cProfile the engine's ResNet-20 BP and PFA (r = 10) steps")
     p.add_argument("--proposals", action="store_true",
-                   help="also measure the ResNet-20 BP and PFA steps under the prototype "
-                        "engine speed-ups of minigrad_pfa.bench.proto (CPU)")
+                   help="also measure the ResNet-20 BP and PFA steps and the MLP BP step "
+                        "under the prototype engine speed-ups of minigrad_pfa.bench.proto "
+                        "(CPU)")
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader benchmark")
     p.add_argument("--no-host-syncs", action="store_true",
                    help="skip counting host syncs per step on the CuPy stand-in")

@@ -72,6 +72,15 @@ each of two threads of one process and 3.56 ms in each of two processes: the GIL
 between NumPy calls cost the threads 16%. These are why a 2-thread step gains 1.5-1.6x
 on that machine where PyTorch, whose OpenMP workers spin instead of sleeping, gains 1.9x.
 
+Why the helpers sleep. A prototype pool whose idle helpers poll for 2 ms
+(:mod:`minigrad_pfa.bench.spinpool`) removes most of the cold region's wake-up (Intel Xeon
+VM, 2 shards of 350 us: 645 us instead of 873 us after 1 ms idle; back to back 581 vs
+601 us; ``python -m minigrad_pfa.bench.dispatch``), but it makes whole steps slower: the
+polling helper takes the interpreter lock back after every poll, so the main thread's
+NumPy calls wait for their turns (``minigrad-pfa bench --quick --proposals``, 2 threads:
+ResNet-20 BP at batch 32 1.12x, PFA 1.13x, MLP BP 1.15x the engine's time). Spinning pays
+only where the wait runs without the lock, as in OpenMP's C workers.
+
 Nested use: an operation running inside a shard never shards again (a thread-local flag),
 so the pool cannot deadlock on itself.
 """
