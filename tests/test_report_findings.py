@@ -137,6 +137,7 @@ def test_seeds_result_or_noise(tmp_path):
     write_seeds(root, (92.0, 92.2, 91.8), (91.0, 91.1, 90.9), (90.0, 90.2, 89.8))
     text = report(root, tmp_path)
     assert "ordering BP > PFA > PFA-o is a result" in text
+    assert "indistinguishable" not in text
     # with PFA-o's third seed unfinished, the question stays open
     os.remove(os.path.join(root, "F1", "f1_pfa_o", "seed2", "results.json"))
     text = report(root, tmp_path)
@@ -149,6 +150,7 @@ def test_seeds_noise(tmp_path):
     write_seeds(root, (92.5, 92.0, 91.5), (92.4, 91.9, 91.4), (92.3, 91.8, 91.3))
     text = report(root, tmp_path)
     assert "keep the seed-0 ordering BP > PFA > PFA-o, but it is noise" in text
+    assert "at 3 seeds BP, PFA and PFA-o are indistinguishable on F1" in text
 
 
 def _kp_metrics(acc, angle, mismatch, key):

@@ -123,4 +123,8 @@ def seeds_section(groups, summaries, protocol="F1", claim=("BP", "PFA", "PFA-o")
         text += (f"The seed-0 ordering {claim_s} does not survive: it was noise"
                  + ("" if resolved else " (and the measured order is not resolved either)")
                  + ".")
+    if not any(p[4] for p in pairs):
+        text += (f" No neighbouring pair is separated by more than twice the standard error "
+                 f"of its difference: at {want} seeds {', '.join(claim[:-1])} and {claim[-1]} "
+                 f"are indistinguishable on {protocol}.")
     return lines + [text, ""]
