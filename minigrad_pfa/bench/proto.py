@@ -18,7 +18,8 @@ Variants
 ``spin-pool``
     The engine's pool helpers poll for work for 2 ms before they sleep
     (:mod:`.spinpool`), as PyTorch's OpenMP workers do, instead of sleeping at once.
-    Measured slower (1.12-1.15x the engine's step on 2 threads; the reason is in
+    Measured slower in a quick run (1.12-1.15x the engine's step on 2 threads), within the
+    noise of a full one (the reason it cannot win is in
     :mod:`minigrad_pfa.cpu.threads`, "Why the helpers sleep"): not adopted, kept so that
     the finding can be rerun on another machine.
 

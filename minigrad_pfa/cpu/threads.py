@@ -78,8 +78,11 @@ VM, 2 shards of 350 us: 645 us instead of 873 us after 1 ms idle; back to back 5
 601 us; ``python -m minigrad_pfa.bench.dispatch``), but it makes whole steps slower: the
 polling helper takes the interpreter lock back after every poll, so the main thread's
 NumPy calls wait for their turns (``minigrad-pfa bench --quick --proposals``, 2 threads:
-ResNet-20 BP at batch 32 1.12x, PFA 1.13x, MLP BP 1.15x the engine's time). Spinning pays
-only where the wait runs without the lock, as in OpenMP's C workers.
+ResNet-20 BP at batch 32 1.12x, PFA 1.13x, MLP BP 1.15x the engine's time, while the
+unchanged engine measured 0.93-1.01x of itself; a full ``bench --proposals`` on a noisier
+VM could not separate it from noise: 0.93 / 1.12 / 1.25x against 0.91 / 1.13 / 1.19x for the
+unchanged engine). Spinning pays only where the wait runs without the lock, as in OpenMP's
+C workers.
 
 Nested use: an operation running inside a shard never shards again (a thread-local flag),
 so the pool cannot deadlock on itself.
