@@ -299,3 +299,13 @@ def test_runs_without_a_cpu_model_get_it_from_hosts_json(tmp_path):
     assert fmt.machine_label(old) == "vm (AMD EPYC †, 2 CPUs; cpu)"
     assert fmt.machine_label(new) == "vm (Intel Xeon †, 2 CPUs; cpu)"
     assert fmt.machine_label(named) == "vm (Intel(R) Xeon(R) Processor, 2 CPUs; cpu)"
+
+
+def test_verdict_threshold_follows_the_seed_counts():
+    from minigrad_pfa.report.findings import diff_se, verdict
+    # sigma 0.3: two single seeds need |diff| > 2 * 0.3 * sqrt(2) = 0.849; a 3-seed mean
+    # against a single seed |diff| > 2 * 0.3 * sqrt(1/3 + 1) = 0.693
+    assert verdict(0.75, 0.3, +1).startswith("within noise")
+    assert verdict(0.75, 0.3, +1, n=(3, 1)) == "agrees"
+    assert verdict(-0.75, 0.3, +1, n=(3, 1)) == "deviates"
+    assert diff_se(0.3, 3, 0.4, 4) == pytest.approx((0.09 / 3 + 0.16 / 4) ** 0.5)

@@ -3,9 +3,8 @@ mechanism diagnostics, and whether F1's close ordering BP > PFA > PFA-o survives
 """
 from __future__ import annotations
 
-import math
 
-from .findings import PENDING, acc, acc_text, noise_text, seed_noise, verdict
+from .findings import PENDING, acc, acc_text, diff_se, noise_text, seed_noise, verdict
 from .fmt import DASH, table
 from .signfamily import mean_path_angle
 
@@ -50,12 +49,13 @@ def kp_section(groups, summaries) -> list[str]:
 
 
 def _kp_statement(protocol, groups, summaries) -> str:
-    kp, pfa = acc(summaries, protocol, "KP")[0], acc(summaries, protocol, "PFA")[0]
+    (kp, _, n_kp), (pfa, _, n_pfa) = acc(summaries, protocol, "KP"), acc(summaries, protocol,
+                                                                         "PFA")
     if kp is None or pfa is None:
         return f"Does PFA beat KP on {protocol}? {PENDING}."
     noise, used = seed_noise(groups, protocol, summaries)
     diff = pfa - kp
-    v = verdict(diff, noise, +1)
+    v = verdict(diff, noise, +1, n=(n_pfa, n_kp))
     head = (f"PFA {pfa:.2f} vs KP {kp:.2f} ({diff:+.2f} points; {noise_text(noise, used)}): "
             + ("PFA beats KP here" if v == "agrees" else
                "KP beats PFA here" if v == "deviates" else "no difference beyond noise")
@@ -104,7 +104,7 @@ def seeds_section(groups, summaries, protocol="F1", claim=("BP", "PFA", "PFA-o")
     pairs = []
     for a, b in zip(order, order[1:]):
         (ma, sa, na), (mb, sb, nb) = stats[a], stats[b]
-        se = math.sqrt((sa or 0.0) ** 2 / na + (sb or 0.0) ** 2 / nb)
+        se = diff_se(sa, na, sb, nb)
         pairs.append((a, b, ma - mb, se, ma - mb > 2 * se))
     same = order == list(claim)
     resolved = all(p[4] for p in pairs)

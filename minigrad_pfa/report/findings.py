@@ -62,15 +62,31 @@ def noise_text(noise, source) -> str:
                 "published std): verdicts below go by the sign of single-seed differences only")
     return (f"seed-to-seed std sigma = {noise:.2f} points ({source}); a difference of two "
             f"single-seed runs counts when it exceeds 2·sqrt(2)·sigma = "
-            f"{2 * math.sqrt(2) * noise:.2f} points (two standard errors, a normal "
+            f"{2 * math.sqrt(2) * noise:.2f} points, one of means over n_a and n_b seeds "
+            f"2·sigma·sqrt(1/n_a + 1/n_b) (two standard errors, a normal "
             f"approximation: with as few seeds as here a t-test would ask for more)")
 
 
-def verdict(diff, noise, expected_sign: int) -> str:
-    """``agrees`` / ``deviates`` / ``within noise`` for a difference expected to have
-    ``expected_sign`` (+1: should be positive)."""
+def contrast_se(sigma, terms) -> float:
+    """Standard error of a contrast ``sum_i c_i * mean_i`` of group means, each over n_i
+    seeds with the common seed std ``sigma``: ``sigma * sqrt(sum_i c_i^2 / n_i)``.
+    ``terms``: ``[(c_i, n_i), ...]``."""
+    return sigma * math.sqrt(sum(c * c / n for c, n in terms))
+
+
+def diff_se(sa, na, sb, nb) -> float:
+    """Standard error of a difference of two means with their own sample stds:
+    ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` (a missing std counts as 0)."""
+    return math.sqrt((sa or 0.0) ** 2 / na + (sb or 0.0) ** 2 / nb)
+
+
+def verdict(diff, noise, expected_sign: int, n=(1, 1)) -> str:
+    """``agrees`` / ``deviates`` / ``within noise`` for a difference of two group means
+    (over ``n`` seeds each) expected to have ``expected_sign`` (+1: should be positive);
+    within noise: ``|diff| <= 2 * contrast_se(noise, [(1, n_a), (-1, n_b)])`` (for two
+    single seeds 2·sqrt(2)·sigma)."""
     if diff is None:
         return PENDING
-    if noise is not None and abs(diff) <= 2 * math.sqrt(2) * noise:
+    if noise is not None and abs(diff) <= 2 * contrast_se(noise, [(1, n[0]), (-1, n[1])]):
         return "within noise (neither agrees nor deviates)"
     return "agrees" if diff * expected_sign > 0 else "deviates"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
+from .findings import diff_se
 from .fmt import DASH, FROM_HOSTS, hms, machine_label, pm, slug, table
 from .runs import (FINAL_VAL_PROTOCOLS, epoch_series, layer_names, mean_std, measured,
                    rule_label, training_config)
@@ -190,7 +191,7 @@ def ordering_agreement(measured: dict, reference: dict, spread: dict | None = No
         (sa, na), (sb, nb) = spread.get(a, (None, 1)), spread.get(b, (None, 1))
         if sa is None or sb is None or na < 2 or nb < 2:
             return False
-        return d <= 2 * (sa * sa / na + sb * sb / nb) ** 0.5
+        return d <= 2 * diff_se(sa, na, sb, nb)
 
     rules = [r for r in reference if r in measured]
     agree, total, bad, tied = 0, 0, [], []

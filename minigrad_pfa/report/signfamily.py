@@ -16,9 +16,7 @@ seeds (:func:`~minigrad_pfa.report.findings.seed_noise`).
 """
 from __future__ import annotations
 
-import math
-
-from .findings import PENDING, acc, noise_text, seed_noise, verdict
+from .findings import PENDING, acc, contrast_se, noise_text, seed_noise, verdict
 from .fmt import DASH, pm, table
 from .sections import alignment_table
 
@@ -69,8 +67,9 @@ def findings(summaries, noise) -> list[tuple]:
                 + (f"closes {100 * frac:.0f}% of uSF's {gap:.2f}-point gap" if frac is not None
                    else f"uSF is not below BP (gap {gap:.2f})"))
         d = best - 0.5 * (usf + bp)
-        se = None if noise is None else noise * math.sqrt(
-            1 / n_best + 0.25 / _get_n(summaries, "uSF")[1] + 0.25 / _get_n(summaries, "BP")[1])
+        se = None if noise is None else contrast_se(
+            noise, [(1, n_best), (-0.5, _get_n(summaries, "uSF")[1]),
+                    (-0.5, _get_n(summaries, "BP")[1])])
         if frac is None:
             v = "not testable here (no gap to close)"
         elif noise is not None and gap <= 2 * 2 ** 0.5 * noise:
