@@ -212,6 +212,37 @@ def test_shards_need_enough_work():
         cpu_threads._run = real
 
 
+def test_linear_gemms_shard_only_when_large():
+    """A linear GEMM is cut into feature shards only from WORK_DIVISOR x the pool's smallest
+    work: the MLP 784-512-512-10's BP step at batch 64 runs no pool region at all on 2
+    threads (each hand-off would cost what the shard saves), a 10x wider GEMM does."""
+    from minigrad_pfa.functional import linear as F_lin
+    calls = []
+    real = cpu_threads._run
+
+    def spy(fn, bounds, **kw):
+        calls.append(len(bounds))
+        return real(fn, bounds, **kw)
+
+    model = build_model("mlp", 0, "float32")  # 784-512-512-10
+    attach_rules(model, "bp", 0, input_shape=(784,))
+    layers = list(weight_layers(model).values())
+    opt = build_optimizer("sgd", list(model.named_parameters(trainable_only=True)), lr=0.05,
+                          momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 784)).astype(np.float32)
+    y = rng.integers(0, 10, size=64)
+    cpu_threads._run = spy
+    try:
+        with cpu.using_threads(2):
+            train_step(model, layers, opt, x, y)
+            assert calls == []
+            F_lin.linear_forward(x, rng.standard_normal((5120, 784)).astype(np.float32))
+            assert calls == [2]
+    finally:
+        cpu_threads._run = real
+
+
 def test_sharded_ops_equal_serial_float32_strided_inputs():
     """Conv (all input-error methods), BN and channel_matmul on NCHW and strided views."""
     rng = np.random.default_rng(0)

@@ -15,17 +15,35 @@ from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
 from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, is_sharded
 
+#: a feature shard of a linear GEMM (and a deferred parameter-gradient task of a linear
+#: layer, :mod:`minigrad_pfa.cpu.overlap`) needs this many times the pool's smallest work
+#: (:data:`minigrad_pfa.cpu.threads.MIN_ELEMENTS`, 4.2 M multiply-adds): 33.5 M, about 1 ms
+#: of one core. An MLP step is a few such GEMMs with little else, so each region's hand-off
+#: falls on a helper whose virtual CPU has halted meanwhile (0.3-1 ms on these VMs,
+#: ``python -m minigrad_pfa.bench.dispatch``). Measured on the Intel Xeon VM, 2 threads,
+#: wall-clock medians of 4 interleaved rounds (each configuration in its own process):
+#: MLP 784-512-512-10 BP at batch 64 took 12.4 / 8.7 / 6.9 ms with divisor 1 / 4 / 8 against
+#: 6.4 ms on one thread (at 8 none of its GEMMs is cut: it runs as on one thread); PFA
+#: (r = 10), whose feedback GEMMs are 10x larger, 94 ms with divisor 1, 63 ms with 8, 66 ms
+#: on one thread. ResNets are not affected: their only linear layer is 64 x 10.
+WORK_DIVISOR = 8
+
+
+def work(macs: int) -> int:
+    """A linear GEMM's work for the shard rule: multiply-adds / (``GEMM_MACS_PER_ELEMENT``
+    x :data:`WORK_DIVISOR`)."""
+    return int(macs) // GEMM_MACS_PER_ELEMENT // WORK_DIVISOR
+
 
 def _shard_work(a, features: int, macs: int):
-    """The GEMM's work in elements (multiply-adds / ``GEMM_MACS_PER_ELEMENT``) when it runs
-    in feature shards (NumPy, several engine threads, enough work: :mod:`minigrad_pfa.cpu`),
-    else None (one serial GEMM)."""
-    work = int(macs) // GEMM_MACS_PER_ELEMENT
+    """The GEMM's work (:func:`work`) when it runs in feature shards (NumPy, several engine
+    threads, enough work: :mod:`minigrad_pfa.cpu`), else None (one serial GEMM)."""
+    work_ = work(macs)
     # a batch under GEMM_MIN_ROWS rows stays serial: with n = 1 NumPy takes a matrix-vector
     # product, whose rounding was measured to change when it is split
     sharded = a.ndim == 2 and a.shape[0] >= GEMM_MIN_ROWS and \
-        is_sharded(get_array_module(a), features, work, gemm_rows=1)
-    return work if sharded else None
+        is_sharded(get_array_module(a), features, work_, gemm_rows=1)
+    return work_ if sharded else None
 
 
 # Sharded (several CPU threads): each thread computes a block of *features* of the result,
@@ -35,7 +53,7 @@ def _shard_work(a, features: int, macs: int):
 # number of threads), ``gW = delta.T @ x`` by rows of gW. Measured on the
 # MLP 784-512-512-10 at batch 64, batch shards of 32 rows plus the weight gradients'
 # partial sums cost more than they saved (2 threads: 7.7 ms of CPU, 4.9 ms on the calling
-# thread vs 4.7 ms serial).
+# thread vs 4.7 ms serial); feature shards too, unless large (WORK_DIVISOR).
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
     work = _shard_work(x, W.shape[0], x.size * W.shape[0])

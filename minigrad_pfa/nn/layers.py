@@ -113,7 +113,7 @@ class WeightLayer(Module):
         # the input error first and the parameter gradients on another thread, beside the
         # layers below (cpu.overlap: NumPy, T > 1, inside the train step's backward only)
         if ctx.record is None and self.needs_input_error and \
-                overlap.can_defer(delta.size * self.fan_in // GEMM_MACS_PER_ELEMENT) and \
+                overlap.can_defer(self.task_work(delta)) and \
                 rule.input_error_first(self, delta):
             delta_in = rule.input_error(self, delta, ctx)
             overlap.defer(lambda: self.parameter_grads(delta, rule, ctx))
@@ -122,6 +122,11 @@ class WeightLayer(Module):
         if not self.needs_input_error:
             return None
         return rule.input_error(self, delta, ctx)
+
+    def task_work(self, delta) -> int:
+        """Work of the parameter-gradient task for :func:`minigrad_pfa.cpu.overlap.can_defer`
+        (the weight gradient's multiply-adds / ``GEMM_MACS_PER_ELEMENT``)."""
+        return delta.size * self.fan_in // GEMM_MACS_PER_ELEMENT
 
     def parameter_grads(self, delta, rule, ctx) -> None:
         """``gW``, ``gb`` and the rule's feedback gradients for the output error ``delta``
@@ -181,6 +186,10 @@ class Linear(WeightLayer):
         self.cache["x"] = x
         return F_lin.linear_forward(x, self.weight.data,
                                     None if self.bias is None else self.bias.data)
+
+    def task_work(self, delta) -> int:
+        # as a feature shard of its GEMMs (functional.linear.WORK_DIVISOR)
+        return F_lin.work(delta.size * self.fan_in)
 
     def apply_transpose(self, delta, M):
         return F_lin.linear_input_error(delta, M)
