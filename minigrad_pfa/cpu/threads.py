@@ -27,6 +27,17 @@ T single-threaded GEMMs on disjoint rows do not wait on each other the way one m
 threaded OpenBLAS call does for its spinning helpers (measured on this 2-core shared box:
 a ResNet-20 BP step with 2 OpenBLAS threads took 1.7-22 s under load, 1.0 s with one).
 
+Nor does BLAS get the T threads between regions, for the GEMMs no shard cuts (an MLP's, the
+rules' feedback products), although it would be faster there: measured on the Intel Xeon VM
+(2 threads, 4 interleaved rounds, one process per configuration), the MLP 784-512-512-10 BP
+step at batch 64 took 5.5 ms that way, 6.4-6.7 ms on one thread and 4.4-4.8 ms in PyTorch.
+OpenBLAS's threaded GEMM cuts the inner dimension K into other blocks than its one-thread
+call: float32 products with K = 500, 513, 600, 700, 784, 1000 or 1500 differed from the
+one-thread result in their last bits (K up to 400 and multiples of 256 did not), float64 ones
+of 511 rows at any K. A run's numbers would then depend on ``--threads``, which they do not
+(below). Switching the count costs 2 us a call, and OpenBLAS's helpers, which poll for a
+while after a GEMM, delayed the pool's next hand-off by about 110 us.
+
 Same numbers with any T. A row shard computes rows of the serial result. Sums are cut
 into *blocks* whose bounds depend on the batch and the work alone, never on T (at most
 :data:`MAX_BLOCKS`, :func:`num_blocks`, unless the caller needs more: conv's weight
