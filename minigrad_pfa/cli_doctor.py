@@ -5,6 +5,7 @@ the GPU path works (:mod:`minigrad_pfa.doctor`).
 
     minigrad-pfa doctor                                  # NumPy/BLAS, CuPy/CUDA, PyTorch, datasets
     minigrad-pfa doctor --device cuda --json doctor.json # + parity, steps, syncs, GPU bench
+    minigrad-pfa doctor --check-threads                  # + do all cores beat one thread here?
 
 Exit status: 0 when every check passed (and for the CPU part on a machine without a GPU,
 which says so in one line), 1 when any check failed.
@@ -27,12 +28,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "syncs, a short bench against PyTorch)")
     p.add_argument("--json", metavar="FILE", default=None, help="write the report as JSON")
     p.add_argument("--no-bench", action="store_true", help="skip the GPU bench")
+    p.add_argument("--check-threads", action="store_true",
+                   help="also time ResNet-20 and MLP training steps on one thread and on the "
+                        "default --threads (interleaved rounds, 10-30 s) and say whether the "
+                        "cores pay on this machine (minigrad_pfa.doctor.threads)")
     p.set_defaults(func=_cmd_doctor)
     return p
 
 
 def run_doctor(device: str = "cpu", json_path=None, bench: bool = True, log=print,
-               **gpu_kw) -> int:
+               check_threads: bool = False, thread_probes=None, **gpu_kw) -> int:
     from .backend import cuda_available, device_description, standin_active
     from .doctor.gpu import run_gpu_checks
     from .doctor.machine import format_machine, machine_report
@@ -42,6 +47,9 @@ def run_doctor(device: str = "cpu", json_path=None, bench: bool = True, log=prin
     for line in format_machine(report["machine"]):
         log(line)
     status = 0
+    if check_threads:
+        from .doctor.threads import check_threads as probe
+        report["threads"] = probe(probes=thread_probes, log=log)
     if device == "cuda":
         if not (cuda_available() or standin_active()):
             reason = report["machine"]["cuda"].get("reason", "no CUDA device")
@@ -65,4 +73,5 @@ def run_doctor(device: str = "cpu", json_path=None, bench: bool = True, log=prin
 
 
 def _cmd_doctor(args) -> int:
-    return run_doctor(args.device, args.json, bench=not args.no_bench)
+    return run_doctor(args.device, args.json, bench=not args.no_bench,
+                      check_threads=args.check_threads)

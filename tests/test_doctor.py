@@ -50,3 +50,47 @@ def test_a_failing_check_makes_the_exit_status_non_zero(standin, monkeypatch):
     assert run_doctor("cuda", log=logged.append, rules=("bp",), image=8, steps_image=8) == 1
     assert any("[FAIL] parity float64 bp: broken" in ln for ln in logged)
     assert any("[FAIL] 10 steps float32 bp: ZeroDivisionError" in ln for ln in logged)
+
+
+def test_thread_verdict_needs_every_round_beyond_the_margin():
+    from minigrad_pfa.doctor.threads import MARGIN, verdict
+    assert verdict([1.6, 1.5, 1.7]) == "faster"
+    assert verdict([0.5, 0.6, 0.9]) == "slower"
+    assert verdict([1.6, 0.9, 1.7]) == "no difference"  # the rounds disagree
+    assert verdict([1 + MARGIN / 2] * 3) == "no difference"  # within the margin
+    assert verdict([1 - 2 * MARGIN] * 3) == "slower"
+    assert verdict([]) == "no difference"
+
+
+def test_check_threads_times_both_counts_and_restores_the_setting(tmp_path):
+    from minigrad_pfa import cpu
+    from minigrad_pfa.cpu import threads as cpu_threads
+    logged = []
+    before, unlimited = cpu.get_threads(), cpu_threads._state["blas_limiter"] is None
+    status = run_doctor("cpu", tmp_path / "d.json", log=logged.append, check_threads=True,
+                        thread_probes={"resnet20-tiny": (4, 1), "mlp-tiny": (8, 2)})
+    assert status == 0
+    assert cpu.get_threads() == before
+    assert (cpu_threads._state["blas_limiter"] is None) == unlimited  # BLAS's limits too
+    rep = json.loads((tmp_path / "d.json").read_text())["threads"]
+    n = cpu_threads.default_threads()
+    if n == 1:
+        assert rep["models"] == [] and any("nothing to compare" in ln for ln in logged)
+        return
+    assert [m["model"] for m in rep["models"]] == ["resnet20-tiny", "mlp-tiny"]
+    for m in rep["models"]:
+        assert m["threads"] == n and len(m["round_speedups"]) == 3
+        assert m["t1_s"] > 0 and m["tn_s"] > 0
+        assert m["verdict"] in ("faster", "slower", "no difference")
+    assert sum(ln.startswith("threads: ") for ln in logged) == 2
+
+
+def test_check_threads_names_the_fix_when_the_cores_lose(monkeypatch):
+    from minigrad_pfa.doctor import threads as doc_threads
+    fake = {"model": "mlp", "batch": 64, "threads": 2, "t1_s": 0.004, "tn_s": 0.008,
+            "speedup": 0.5, "round_speedups": [0.5, 0.5, 0.6], "verdict": "slower"}
+    monkeypatch.setattr(doc_threads, "probe_model", lambda *a, **k: fake)
+    logged = []
+    doc_threads.check_threads(threads=2, probes={"mlp": (64, 40)}, log=logged.append)
+    assert len(logged) == 1 and "0.50x" in logged[0] and "slower" in logged[0]
+    assert "--threads 1" in logged[0] and "MINIGRAD_PFA_THREADS=1" in logged[0]
