@@ -28,7 +28,6 @@ Cost: rounds x 2 x (warmup + steps) steps per model.
 from __future__ import annotations
 
 import statistics
-import time
 
 #: a round's speed-up must clear 1 by this much, in every round, for a verdict
 MARGIN = 0.05
@@ -47,17 +46,6 @@ def verdict(round_speedups) -> str:
     return "no difference"
 
 
-def _median_step_s(step, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 3,
                 warmup: int = 1) -> dict:
     """t_1, t_N, s and the verdict of one model (module notation; ``threads`` is N).
@@ -67,7 +55,7 @@ def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 
     dict with ``model``, ``batch``, ``threads``, ``t1_s``, ``tn_s`` (medians over the rounds'
     medians), ``speedup``, ``round_speedups`` and ``verdict``.
     """
-    from ..bench.worker import _minigrad_setup
+    from ..bench.worker import _minigrad_setup, timed_steps
     from ..cpu import set_threads, using_threads
     from ..train import train_step
 
@@ -82,7 +70,8 @@ def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 
         for _ in range(rounds):
             for count, out in ((1, t1), (threads, tn)):
                 set_threads(count)
-                out.append(_median_step_s(step, warmup, steps))
+                out.append(statistics.median(
+                    timed_steps(step, lambda: None, warmup, steps)["wall"]))
     ratios = [a / b for a, b in zip(t1, tn)]
     return {"model": model, "batch": batch, "threads": threads,
             "t1_s": statistics.median(t1), "tn_s": statistics.median(tn),
