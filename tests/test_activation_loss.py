@@ -102,6 +102,27 @@ def test_loss_stable_for_huge_logits(rng, dtype):
     assert not np.all(np.isfinite(naive))
 
 
+@pytest.mark.parametrize("dtype,gap", [(np.float32, 100.0), (np.float64, 720.0)])
+def test_output_error_flushes_what_would_slow_the_gemms(dtype, gap):
+    """Entries of e below tiny / eps become exact zeros (a logit gap of 100 gives float32
+    probabilities of 3.7e-44: subnormal); every other entry is the unflushed value."""
+    from minigrad_pfa.functional.loss import flush_threshold
+    fi = np.finfo(dtype)
+    assert flush_threshold(np, dtype) == pytest.approx(fi.tiny / fi.eps)
+    logits = np.zeros((4, 5), dtype)
+    logits[:, 0] = gap          # classes 1..4: exp(-gap), subnormal (or zero) probabilities
+    logits[1, 1] = gap - 60.0   # exp(-60): small but far above the threshold (8.8e-27)
+    labels = np.array([0, 0, 2, 0])
+    _, e = softmax_cross_entropy(logits, labels)
+    _, ref = reference_ce(logits, labels)   # float64 reference, no flush
+    small = np.abs(ref) < flush_threshold(np, dtype)
+    assert small.sum() >= 11                # what the gap makes tiny is flushed ...
+    assert np.all(e[small] == 0)
+    assert not np.any((e != 0) & (np.abs(e) < fi.tiny))  # ... no subnormal left
+    assert e[1, 1] > 0 and rel_err(e[~small], ref[~small]) < (1e-6 if dtype == np.float32
+                                                              else 1e-13)
+
+
 def test_loss_closed_form():
     """Uniform logits: loss = log k, e = (1/k - onehot)/n."""
     logits = np.zeros((4, 8), np.float32)
@@ -159,7 +180,8 @@ def test_xp_names_exist_in_cupy():
     except Exception:
         pytest.skip("CuPy not installed")
     for name in ("maximum", "exp", "log", "sqrt", "clip", "take_along_axis", "arange", "full",
-                 "where", "asarray", "einsum", "ascontiguousarray", "subtract", "tile"):
+                 "where", "asarray", "einsum", "ascontiguousarray", "subtract", "tile", "abs",
+                 "finfo"):
         assert hasattr(cp, name), name
 
 

@@ -7,16 +7,25 @@ logits z (n, k), labels y (n,) integers in [0, k), onehot Y (n, k).
 
     p_i   = softmax(z_i) = exp(z_i - max z_i) / sum_j exp(z_ij - max z_i)
     loss  = (1/n) sum_i [ log sum_j exp(z_ij - max z_i) - (z_i,y_i - max z_i) ]
-    e     = dloss/dz = (p - Y) / n                    (the output error of every rule)
+    e     = dloss/dz = (p - Y) / n                    (the output error of every rule;
+                                                       |e| < tiny/eps set to 0, below)
 
 Subtracting the row maximum (log-sum-exp) keeps every exponent <= 0, so logits of any
 magnitude give finite values.
 
-Label checking: shapes and dtypes are always checked (free). Label *values* are checked
-(raising ValueError) on the CPU backend; on the GPU that would need a device-to-host copy
-every step, so by default it is skipped there and an out-of-range label instead makes the
-returned loss NaN, on the device, without a sync (``check_labels=True`` forces the raising
-check, ``False`` disables it on the CPU too).
+Flush to zero: entries of e smaller in magnitude than ``tiny / eps`` of the dtype
+(:func:`flush_threshold`; float32 9.9e-32, float64 1.0e-292) are set to 0. Without it a
+confident network (logit gaps above 87 in float32) sends subnormal numbers, and products of
+tiny normal ones, into the GEMMs that carry e back through the network, each costing the x86
+core a microcode assist. Flushing only the subnormal entries (below ``tiny``) leaves the
+products: an entry of 1e-37 times a weight of 0.1 is subnormal again; below ``tiny / eps``
+every product with a value of at least ``eps`` stays normal. An entry changes by less than
+1e-31, against output errors of order 1/n. Measured on FA, MNIST 784-256-256-10, batch 64,
+one thread, CPU time per step (median of 150 steps; median of 3 interleaved rounds), at
+initialisation and with the weights after the 3 quickstart epochs (254 of 5120 training
+probabilities subnormal): no flush 1.87 / 11.1 ms, flushing below ``tiny`` 1.96 / 4.5 ms,
+below ``tiny / eps`` 1.85 / 1.95 ms. The same flush runs on the GPU, so both devices compute
+the same e.
 """
 from __future__ import annotations
 
@@ -38,6 +47,13 @@ def _check_pair(logits, labels, where: str) -> None:
                          f"{device_of(labels)}; move both to the same device")
 
 
+def flush_threshold(xp, dtype) -> float:
+    """``tiny / eps`` of ``dtype``: the output-error entries below it are set to 0
+    (float32: 9.9e-32; float64: 1.0e-292). See "Flush to zero" in the module docstring."""
+    fi = xp.finfo(dtype)
+    return float(fi.tiny / fi.eps)
+
+
 def softmax_cross_entropy(logits, labels, *, check_labels: bool | None = None):
     """Mean softmax cross-entropy over the batch and its gradient w.r.t. the logits.
 
@@ -53,7 +69,8 @@ def softmax_cross_entropy(logits, labels, *, check_labels: bool | None = None):
     -------
     loss : 0-d array, dtype of ``logits``, on the logits' device (read it with
         ``float(loss)`` only when needed: on the GPU that is a sync).
-    e : (n, k) array, dtype of ``logits``: ``(softmax(logits) - onehot(labels)) / n``.
+    e : (n, k) array, dtype of ``logits``: ``(softmax(logits) - onehot(labels)) / n``, its
+        entries below :func:`flush_threshold` in magnitude set to 0.
 
     Raises
     ------
@@ -90,6 +107,7 @@ def softmax_cross_entropy(logits, labels, *, check_labels: bool | None = None):
     e /= s
     e -= onehot
     e /= n
+    e *= xp.abs(e) >= flush_threshold(xp, e.dtype)  # flush to zero (module docstring)
     return loss, e
 
 
