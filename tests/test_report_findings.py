@@ -309,3 +309,21 @@ def test_verdict_threshold_follows_the_seed_counts():
     assert verdict(0.75, 0.3, +1, n=(3, 1)) == "agrees"
     assert verdict(-0.75, 0.3, +1, n=(3, 1)) == "deviates"
     assert diff_se(0.3, 3, 0.4, 4) == pytest.approx((0.09 / 3 + 0.16 / 4) ** 0.5)
+
+
+def test_sign_family_verdicts_follow_the_seed_counts():
+    """With uSF and uSF + E/I averaged over 4 seeds each, a 1.5-sigma difference exceeds
+    2 sigma sqrt(1/4 + 1/4) = 1.41 sigma (a verdict), where two single seeds would need
+    2.83 sigma; the same 4-seed BP-uSF gap counts as a gap to close."""
+    from minigrad_pfa.report.signfamily import BASE, FAMILY, findings
+
+    def g(mean, n):
+        return {"measured": {"mean": mean, "std": 0.3, "n": n}}
+    summaries = {(BASE, "BP"): g(92.0, 4), (BASE, "uSF"): g(91.0, 4),
+                 (FAMILY, "uSF(fixed_sign=True)"): g(91.0 - 1.5 * 0.5, 4),
+                 (FAMILY, "uSF(norm=sn)"): g(91.9, 1), (FAMILY, "uSF(norm=init)"): g(91.8, 1)}
+    out = {claim: v for claim, _, v in findings(summaries, 0.5)}
+    assert out["E/I (fixed signs) hurts"] == "agrees"
+    # BP - uSF = 1.0 > 2 * 0.5 * sqrt(1/4 + 1/4) = 0.71: not "itself within seed noise"
+    assert "uSF's gap to BP is itself within seed noise" not in \
+        out["normalised SF (SN, Init) closes most of the gap to BP"]

@@ -73,10 +73,9 @@ def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 
                 out.append(statistics.median(
                     timed_steps(step, lambda: None, warmup, steps)["wall"]))
     ratios = [a / b for a, b in zip(t1, tn)]
-    return {"model": model, "batch": batch, "threads": threads,
-            "t1_s": statistics.median(t1), "tn_s": statistics.median(tn),
-            "speedup": statistics.median(t1) / statistics.median(tn),
-            "round_speedups": ratios, "verdict": verdict(ratios)}
+    t1_s, tn_s = statistics.median(t1), statistics.median(tn)
+    return {"model": model, "batch": batch, "threads": threads, "t1_s": t1_s, "tn_s": tn_s,
+            "speedup": t1_s / tn_s, "round_speedups": ratios, "verdict": verdict(ratios)}
 
 
 def check_threads(threads: int | None = None, rounds: int = 3, probes=None,

@@ -3,7 +3,6 @@ mechanism diagnostics, and whether F1's close ordering BP > PFA > PFA-o survives
 """
 from __future__ import annotations
 
-
 from .findings import PENDING, acc, acc_text, diff_se, noise_text, seed_noise, verdict
 from .fmt import DASH, table
 from .signfamily import mean_path_angle

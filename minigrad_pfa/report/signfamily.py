@@ -51,7 +51,7 @@ def _get(summaries, name):
 
 def findings(summaries, noise) -> list[tuple]:
     """``(finding, measured, verdict)`` for the four findings of the module docstring."""
-    bp, usf = _get(summaries, "BP"), _get(summaries, "uSF")
+    (bp, n_bp), (usf, n_usf) = _get_n(summaries, "BP"), _get_n(summaries, "uSF")
     out = []
     # 1. normalisation closes most of uSF's gap to BP: the better normalised accuracy b
     # closes more than half of it iff d = b - (uSF + BP) / 2 > 0; with seed noise sigma,
@@ -68,11 +68,10 @@ def findings(summaries, noise) -> list[tuple]:
                    else f"uSF is not below BP (gap {gap:.2f})"))
         d = best - 0.5 * (usf + bp)
         se = None if noise is None else contrast_se(
-            noise, [(1, n_best), (-0.5, _get_n(summaries, "uSF")[1]),
-                    (-0.5, _get_n(summaries, "BP")[1])])
+            noise, [(1, n_best), (-0.5, n_usf), (-0.5, n_bp)])
         if frac is None:
             v = "not testable here (no gap to close)"
-        elif noise is not None and gap <= 2 * 2 ** 0.5 * noise:
+        elif noise is not None and gap <= 2 * contrast_se(noise, [(1, n_bp), (-1, n_usf)]):
             v = "within noise (uSF's gap to BP is itself within seed noise)"
         elif se is not None and abs(d) <= 2 * se:
             v = (f"within noise (half the gap is {abs(d):.2f} points away, within twice its "
@@ -86,10 +85,10 @@ def findings(summaries, noise) -> list[tuple]:
     # 2. Const helps, 3. E/I hurts (against plain uSF)
     for name, claim, sign in (("uSF + Const", "Const helps", +1),
                               ("uSF + E/I", "E/I (fixed signs) hurts", -1)):
-        x = _get(summaries, name)
+        x, n_x = _get_n(summaries, name)
         diff = None if x is None or usf is None else x - usf
         meas = PENDING if diff is None else f"{name} {x:.2f} vs uSF {usf:.2f} ({diff:+.2f})"
-        out.append((claim, meas, verdict(diff, noise, sign)))
+        out.append((claim, meas, verdict(diff, noise, sign, n=(n_x, n_usf))))
     # 4. DenseFA competitive only in limited settings
     dense, dfa = _get(summaries, "DenseFA"), _get(summaries, "DFA (conv)")
     if dense is None or bp is None or usf is None:
