@@ -50,14 +50,26 @@ def _add_train_parser(sub):
                    help="CPU threads of the training step (batch shards, minigrad_pfa.cpu; "
                         "default: $MINIGRAD_PFA_THREADS, else the usable cores, divided "
                         "among the MPI ranks on this host with --distributed)")
+    add_cpu_kernels_argument(p)
     p.set_defaults(func=_cmd_train)
+
+
+def add_cpu_kernels_argument(p) -> None:
+    """``--cpu-kernels numpy|numba`` (train, grid, bench; :mod:`minigrad_pfa.jit`)."""
+    from .jit import CHOICES, CPU_KERNELS_ENV
+    p.add_argument("--cpu-kernels", choices=CHOICES, default=None,
+                   help="the CPU step's memory-bound passes: numpy (the engine's NumPy code) "
+                        "or numba (compiled, the optional extra minigrad_pfa[jit]; "
+                        f"minigrad_pfa.jit); default: ${CPU_KERNELS_ENV}, else numpy")
 
 
 def _cmd_train(args):
     # the engine's threads for this run only (an in-process caller keeps its own setting)
     from .cpu import default_threads, using_threads
+    from .jit import using_cpu_kernels
     with using_threads(args.threads if args.threads is not None
-                       else default_threads(distributed=args.distributed)):
+                       else default_threads(distributed=args.distributed)), \
+            using_cpu_kernels(args.cpu_kernels):
         return _run_train(args)
 
 

@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--threads", type=int, default=None,
                    help="threads per run (the engine's and BLAS's; default: cpus // jobs, "
                         "or the environment's MINIGRAD_PFA_THREADS)")
+    from .cli import add_cpu_kernels_argument
+    add_cpu_kernels_argument(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the commands, run nothing")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -48,6 +50,9 @@ def _cmd_grid(args):
     if args.backend == "ray" and args.jobs != 1:
         raise ValueError("--jobs is for the local backend; with --backend ray every run is "
                          "submitted at once and Ray places them by --threads (CPUs per run)")
+    if args.cpu_kernels is not None:  # a missing Numba fails here, before any run starts
+        from .jit import check_cpu_kernels
+        check_cpu_kernels(args.cpu_kernels, "--cpu-kernels")
     runs = plan_grid(args.configs, args.seeds, args.overrides, args.out, args.device)
     if args.dry_run:
         for run in runs:
@@ -59,9 +64,11 @@ def _cmd_grid(args):
     try:
         if args.backend == "ray":
             from .distributed.ray_grid import run_grid_ray
-            run_grid_ray(runs, address=args.address, device=args.device, threads=args.threads)
+            run_grid_ray(runs, address=args.address, device=args.device, threads=args.threads,
+                         cpu_kernels=args.cpu_kernels)
         else:
-            run_grid(runs, jobs=args.jobs, device=args.device, threads=args.threads)
+            run_grid(runs, jobs=args.jobs, device=args.device, threads=args.threads,
+                     cpu_kernels=args.cpu_kernels)
     except KeyboardInterrupt:
         print(summary_table(runs))
         raise

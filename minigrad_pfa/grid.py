@@ -89,7 +89,7 @@ def cpu_count() -> int:
 
 
 def thread_env(jobs: int, threads: int | None = None, base: dict | None = None,
-               cpus: int | None = None) -> dict:
+               cpus: int | None = None, cpu_kernels: str | None = None) -> dict:
     """Environment of a child run: BLAS threads and an importable package.
 
     Parameters
@@ -102,12 +102,17 @@ def thread_env(jobs: int, threads: int | None = None, base: dict | None = None,
         Starting environment (default ``os.environ``).
     cpus : int, optional
         CPU count (default :func:`cpu_count`).
+    cpu_kernels : str, optional
+        ``$MINIGRAD_PFA_CPU_KERNELS`` of every run (``--cpu-kernels``, :mod:`minigrad_pfa.jit`).
     """
     env = dict(os.environ if base is None else base)
     n = int(threads) if threads else max(1, (cpus or cpu_count()) // max(1, int(jobs)))
     for var in THREAD_VARS:
         if threads or not env.get(var):
             env[var] = str(n)
+    if cpu_kernels is not None:
+        from .jit import CPU_KERNELS_ENV
+        env[CPU_KERNELS_ENV] = cpu_kernels
     # the child runs `python -m minigrad_pfa.cli` from the grid's working directory:
     # make this package importable there even when it is not installed
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,7 +267,7 @@ def _read_results(run: GridRun) -> dict | None:
 
 def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
              threads: int | None = None, echo=print, poll_s: float = 0.2,
-             launcher=None) -> list[GridRun]:
+             launcher=None, cpu_kernels: str | None = None) -> list[GridRun]:
     """Execute the runs that need it (``jobs`` subprocesses at a time) and set their status.
 
     ``launcher(run, cmd, env)``, when given, starts a run elsewhere and returns an object
@@ -273,7 +278,7 @@ def run_grid(runs: list[GridRun], jobs: int = 1, device: str | None = None,
     KeyboardInterrupt waits for the children (which checkpoint and exit on the same
     Ctrl-C), marks unfinished runs ``interrupted`` and is re-raised.
     """
-    env = thread_env(jobs, threads)
+    env = thread_env(jobs, threads, cpu_kernels=cpu_kernels)
     todo = []
     for run in runs:
         if run.state == "complete":

@@ -451,7 +451,10 @@ def _saved_config(meta: dict) -> dict:
 
 def machine_description() -> dict:
     import platform
+    from .cpu import get_threads
     from .cpu.machine import cpu_model
+    from .jit import get_cpu_kernels
     return {"node": platform.node(), "processor": cpu_model(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
+            "numpy": np.__version__, "threads": get_threads(),
+            "cpu_kernels": get_cpu_kernels()}

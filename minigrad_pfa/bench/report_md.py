@@ -271,6 +271,8 @@ def render(data: dict, json_name: str = "") -> str:
             ["threads", ", ".join(f"{b['threads']}" for b in _regimes(data)) +
              f" (the regimes; set through minigrad_pfa.cpu.set_threads, "
              f"{', '.join(m['thread_env'])} and torch.set_num_threads)"],
+            ["engine's CPU kernels", (m.get("cpu_kernels") or "numpy") +
+             " (`--cpu-kernels`, minigrad_pfa.jit)"],
             ["timer", "; ".join(f"{b['threads']} thread(s): {_TIMERS[b['timer']]}"
                                 for b in _regimes(data))],
             ["load average (1, 5, 15 min)",

@@ -45,11 +45,15 @@ BLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
 
 
-def worker_env(threads: int) -> dict:
-    """The subprocess environment: threads pinned, this package importable."""
+def worker_env(threads: int, cpu_kernels: str | None = None) -> dict:
+    """The subprocess environment: threads pinned, the CPU kernels chosen (``None``: as
+    this process's environment says), this package importable."""
     env = dict(os.environ)
     for var in THREAD_VARS:
         env[var] = str(int(threads))
+    if cpu_kernels is not None:
+        from ..jit import CPU_KERNELS_ENV
+        env[CPU_KERNELS_ENV] = cpu_kernels
     root = str(Path(__file__).resolve().parents[2])  # the directory holding minigrad_pfa/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                 else "")
@@ -149,7 +153,8 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
               json_path=None, markdown_path=None, rounds: int | None = None,
               profile: bool = False, proposals: bool = False, loader: bool = True,
               mode: str | None = None, timer: str = "auto", timeout_s: float = 1800.0,
-              log=print, host_syncs: bool = True, one_thread: bool = True) -> dict:
+              log=print, host_syncs: bool = True, one_thread: bool = True,
+              cpu_kernels: str | None = None) -> dict:
     """Run the benchmark and return its JSON-able result.
 
     Parameters
@@ -185,6 +190,9 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     one_thread : bool
         With ``threads > 1`` on the CPU, also measure every configuration with one thread
         (the second regime, interleaved with the first: :mod:`.regimes`).
+    cpu_kernels : {"numpy", "numba"}, optional
+        The engine's CPU kernels in every worker (:mod:`minigrad_pfa.jit`; default:
+        ``$MINIGRAD_PFA_CPU_KERNELS``, else numpy). PyTorch's side is the same either way.
     timeout_s : float
         Per-worker time limit.
     """
@@ -215,8 +223,12 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         raise ValueError("timer 'cpu' needs --threads 1 on --device cpu: CPU time sums over "
                          f"threads and does not see GPU work (got {threads} threads, "
                          f"device {device})")
+    from ..jit import CPU_KERNELS_ENV, check_cpu_kernels
+    cpu_kernels = check_cpu_kernels(cpu_kernels or os.environ.get(CPU_KERNELS_ENV, "").strip()
+                                    or "numpy", "--cpu-kernels")
     t_start = time.perf_counter()
     machine = machine_block(mode, device, threads)
+    machine["cpu_kernels"] = cpu_kernels
     machine["timer"] = timers[threads]
     machine["blas_env"] = {v: os.environ.get(v) for v in BLAS_KERNEL_VARS}
     parts = ["minigrad-pfa bench", {"full": "", "quick": "--quick", "tiny": "--tiny"}[mode],
@@ -224,7 +236,8 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
              f"--timer {timer}" if timer != "auto" else "",
              f"--rounds {rounds}" if rounds != ROUNDS[mode] else "",
              "--profile" if profile else "", "--proposals" if proposals else "",
-             "" if loader else "--no-loader", "" if one_thread else "--no-one-thread"]
+             "" if loader else "--no-loader", "" if one_thread else "--no-one-thread",
+             f"--cpu-kernels {cpu_kernels}" if cpu_kernels != "numpy" else ""]
     machine["command"] = " ".join(p for p in parts if p)  # to reproduce this run
     torch_ok = machine["torch_installed"]
     log(f"minigrad-pfa bench ({mode}, {device}, regimes {regimes} thread(s), {rounds} "
@@ -233,7 +246,7 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     if not torch_ok:
         log("PyTorch is not installed: the PyTorch comparisons are skipped "
             "(pip install torch==2.13.0)")
-    envs = {t: worker_env(t) for t in regimes}
+    envs = {t: worker_env(t, cpu_kernels) for t in regimes}
 
     def run(cfg, t=threads):
         return run_worker(dict(cfg, threads=t, timer=timers[t]), envs[t], timeout_s)
@@ -369,6 +382,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "time, which needs one thread and is robust to other processes "
                         "sharing the cores (both are recorded either way); auto (default): "
                         "CPU time in the one-thread regime, wall clock otherwise")
+    from ..cli import add_cpu_kernels_argument
+    add_cpu_kernels_argument(p)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
 
 
@@ -379,7 +394,7 @@ def run_from_args(args) -> int:
                      loader=not args.no_loader,
                      mode="tiny" if args.tiny else None, timer=args.timer,
                      host_syncs=not args.no_host_syncs,
-                     one_thread=not args.no_one_thread)
+                     one_thread=not args.no_one_thread, cpu_kernels=args.cpu_kernels)
     failed = [r for r in sum((b["records"] for b in data["regimes"]), []) +
               data["profiles"] + (data["host_syncs"] or []) if r.get("error")]
     return 1 if failed else 0

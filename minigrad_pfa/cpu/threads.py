@@ -383,6 +383,19 @@ def block_bounds(n: int, elements: int | None = None, xp=None,
     return shard_bounds(n, max(1, min(n, max(num_blocks(n, elements, xp), at_least))))
 
 
+def map_blocks(fn, bounds: list, xp=None) -> list:
+    """``[g_b for every block b]`` in block order, the blocks shared among the threads.
+
+    ``fn(blocks)`` gets a contiguous run of the blocks (a list of slices) and returns
+    ``[g_b for b in blocks]``. The runs are min(T, B) contiguous groups on the pool (one
+    here inside a shard, and for arrays ``xp`` that are not NumPy's).
+    """
+    serial = getattr(_local, "inside", False) or (xp is not None and xp.__name__ != "numpy")
+    groups = shard_bounds(len(bounds), 1 if serial else min(_state["threads"], len(bounds)))
+    return [p for run in _run(lambda gs: fn(bounds[gs]), groups, always_inside=True)
+            for p in run]
+
+
 def sum_blocks(fn, bounds: list, xp=None):
     """``((g_0 + g_1) + ...) + g_{B-1}`` over the blocks ``bounds`` (:func:`block_bounds`).
 
@@ -393,10 +406,7 @@ def sum_blocks(fn, bounds: list, xp=None):
     partials in block order. A partial may be an array or a tuple of arrays (added element
     by element). Same bits for any T.
     """
-    serial = getattr(_local, "inside", False) or (xp is not None and xp.__name__ != "numpy")
-    groups = shard_bounds(len(bounds), 1 if serial else min(_state["threads"], len(bounds)))
-    parts = [p for run in _run(lambda gs: fn(bounds[gs]), groups, always_inside=True)
-             for p in run]
+    parts = map_blocks(fn, bounds, xp)
     total = parts[0]
     for p in parts[1:]:
         total = total + p if not isinstance(total, tuple) else \

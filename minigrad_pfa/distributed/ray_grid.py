@@ -157,7 +157,8 @@ class RayLauncher:
 
     def __call__(self, run, cmd, env):
         from ..grid import THREAD_VARS
-        delta = {k: env[k] for k in THREAD_VARS if k in env}
+        from ..jit import CPU_KERNELS_ENV
+        delta = {k: env[k] for k in THREAD_VARS + (CPU_KERNELS_ENV,) if k in env}
         if env.get("PYTHONPATH"):
             delta["PYTHONPATH"] = env["PYTHONPATH"]
         import os
@@ -173,14 +174,16 @@ class RayLauncher:
             self.ray.shutdown()
 
 
-def run_grid_ray(runs, address=None, device=None, threads=None, echo=print, poll_s=0.5):
+def run_grid_ray(runs, address=None, device=None, threads=None, echo=print, poll_s=0.5,
+                 cpu_kernels=None):
     """:func:`minigrad_pfa.grid.run_grid` with every run a Ray task (module docstring)."""
     from ..grid import run_grid
 
     threads = int(threads or 1)
     todo = sum(r.state in ("new", "partial") for r in runs)
     if not todo:  # nothing to start: no Ray needed to skip or refuse
-        return run_grid(runs, device=device, threads=threads, echo=echo, poll_s=poll_s)
+        return run_grid(runs, device=device, threads=threads, echo=echo, poll_s=poll_s,
+                        cpu_kernels=cpu_kernels)
     t0 = time.time()
     launcher = RayLauncher(address, threads)
     try:
@@ -189,6 +192,6 @@ def run_grid_ray(runs, address=None, device=None, threads=None, echo=print, poll
              f"{time.time() - t0:.1f} s); {threads} CPU(s) per run")
         # every run is submitted at once: Ray queues them by CPUs
         return run_grid(runs, jobs=max(1, todo), device=device, threads=threads, echo=echo,
-                        poll_s=poll_s, launcher=launcher)
+                        poll_s=poll_s, launcher=launcher, cpu_kernels=cpu_kernels)
     finally:
         launcher.close()

@@ -39,6 +39,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu import batchnorm as _cpu_bn
 from ..cpu.threads import is_blocked
+from ..jit import active as _jit_active
 from .fused import kernels
 
 _FLOAT_DTYPES = ("float32", "float64")
@@ -197,22 +198,29 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     m = F.shape[0] * r
     xp = get_array_module(x)
     if training:
-        # NumPy with enough work: sums in fixed blocks, shared among the engine's threads
-        # (cpu.batchnorm; the same bits with any thread count)
-        if is_blocked(xp, F.shape[0], _cpu_bn.work(F)):
-            y, xc, mean, var, inv_std, m = _cpu_bn.train_forward(F, r, gamma, beta, eps,
-                                                                 reduce, x.shape)
+        if _jit_active(xp):  # --cpu-kernels numba: compiled passes (jit.batchnorm)
+            from ..jit import batchnorm as _jit_bn
+            y, mean, var, inv_std, m = _jit_bn.train_forward(F, r, gamma, beta, eps, reduce,
+                                                             x.shape)
+            # F itself rather than xc (the compiled backward forms F - mu on the fly): the
+            # forward writes y alone; F is this layer's input, which nothing changes later
+            saved = {"jit": True, "x": F, "mean": mean}
         else:
-            y, xc, mean, var, inv_std, m = _train_forward(F, r, gamma, beta, eps, reduce,
-                                                          x.shape)
+            # NumPy with enough work: sums in fixed blocks, shared among the engine's
+            # threads (cpu.batchnorm; the same bits with any thread count)
+            blocked = is_blocked(xp, F.shape[0], _cpu_bn.work(F))
+            y, xc, mean, var, inv_std, m = (_cpu_bn.train_forward if blocked else
+                                            _train_forward)(F, r, gamma, beta, eps, reduce,
+                                                            x.shape)
+            # xc rather than xhat: saves a pass here; backward uses xhat = xc * inv_std
+            saved = {"xc": xc}
         if update_stats:
             running_mean *= 1.0 - momentum
             running_mean += momentum * mean
             running_var *= 1.0 - momentum
             running_var += (momentum * m / (m - 1)) * var  # unbiased variance
-        # xc rather than xhat: saves a pass here; backward uses xhat = xc * inv_std
-        cache = {"training": True, "xc": xc, "r": r, "inv_std": inv_std, "m": m,
-                 "reduce": reduce, "gamma": gamma.copy(), "shape": tuple(x.shape)}
+        cache = {"training": True, "r": r, "inv_std": inv_std, "m": m, "reduce": reduce,
+                 "gamma": gamma.copy(), "shape": tuple(x.shape), **saved}
     else:
         inv_std = 1.0 / xp.sqrt(running_var + eps)
         scale = gamma * inv_std
@@ -263,6 +271,11 @@ def batchnorm_backward(dy, cache):
                          f"forward input, got {dy.dtype}")
     D, r = _flat(dy)
     inv_std, gamma = cache["inv_std"], cache["gamma"]
+    if cache.get("jit"):  # the forward ran the compiled passes (jit.batchnorm)
+        from ..jit import batchnorm as _jit_bn
+        dx, dgamma, dbeta = _jit_bn.train_backward(D, cache["x"], cache["mean"], r, inv_std,
+                                                   gamma, cache["m"], cache["reduce"])
+        return _unflat(dx, shape), dgamma, dbeta
     if cache["training"] and is_blocked(get_array_module(D), D.shape[0], _cpu_bn.work(D)):
         dx, dgamma, dbeta = _cpu_bn.train_backward(D, cache["xc"], r, inv_std, gamma,
                                                    cache["m"], cache["reduce"])

@@ -1,0 +1,93 @@
+"""Compiled CPU kernels (Numba): the engine's memory-bound passes in one loop each.
+
+An optional extra, ``pip install 'minigrad_pfa[jit]'``, chosen per run: ``train --cpu-kernels
+numba`` (also ``grid``, ``bench``), ``$MINIGRAD_PFA_CPU_KERNELS=numba`` or
+:func:`set_cpu_kernels`. The default, ``numpy``, is the engine's own NumPy code, which every
+published number of this project used; choosing ``numba`` without Numba installed is an
+error that names the install command (never a silent fallback to NumPy).
+
+Why: NumPy applies a formula as a chain of ufuncs, one pass over memory and one GIL turn
+each; a batch-norm training step (:mod:`.batchnorm`) is five such passes forward and five
+backward, and with several engine threads (:mod:`minigrad_pfa.cpu.threads`) every call
+between two NumPy operations is a hand-off of the interpreter lock. A Numba function
+compiled with ``nogil=True`` does the whole formula for a shard in one loop without the
+lock, so T threads run T shards at memory speed.
+
+Same numbers with any thread count, as on the NumPy path: sums over the batch are cut into
+the blocks of :func:`minigrad_pfa.cpu.threads.block_bounds` (fixed by the batch and the work,
+never by T) and added in block order; the elementwise maps run in row shards. The kernels
+are *not* the NumPy path's bits (they accumulate in float64 and keep other temporaries):
+tests compare the two to a tolerance and each with itself across thread counts.
+
+Where: only NumPy arrays (CuPy has its own fused kernels, :mod:`minigrad_pfa.functional.fused`).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+#: environment variable with a run's default CPU kernels ("numpy" or "numba")
+CPU_KERNELS_ENV = "MINIGRAD_PFA_CPU_KERNELS"
+
+#: the choices, the default first
+CHOICES = ("numpy", "numba")
+
+#: what to run when Numba is missing
+INSTALL_HINT = "pip install 'minigrad_pfa[jit]' (or: pip install numba)"
+
+_state = {"name": None}
+
+
+def check_cpu_kernels(name, what: str = "cpu kernels") -> str:
+    """``name`` if it is one of :data:`CHOICES` whose package imports, else a clear error.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    ImportError
+        ``"numba"`` without Numba installed (the message names the install command).
+    """
+    if name not in CHOICES:
+        raise ValueError(f"{what} must be one of {', '.join(CHOICES)}; got {name!r}")
+    if name == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(f"{what} 'numba' needs Numba, which is not installed: "
+                              f"{INSTALL_HINT}") from exc
+    return name
+
+
+def get_cpu_kernels() -> str:
+    """The CPU kernels in use: the last :func:`set_cpu_kernels`, else
+    ``$MINIGRAD_PFA_CPU_KERNELS``, else ``"numpy"``."""
+    if _state["name"] is None:
+        env = os.environ.get(CPU_KERNELS_ENV, "").strip()
+        _state["name"] = check_cpu_kernels(env, f"${CPU_KERNELS_ENV}") if env else "numpy"
+    return _state["name"]
+
+
+def set_cpu_kernels(name: str) -> str:
+    """Use ``name`` ("numpy" or "numba") for the CPU step from now on; returns the previous."""
+    prev = get_cpu_kernels()
+    _state["name"] = check_cpu_kernels(name)
+    return prev
+
+
+@contextmanager
+def using_cpu_kernels(name: str | None):
+    """``with using_cpu_kernels("numba"):`` for one block (None: leave the setting)."""
+    if name is None:
+        yield
+        return
+    prev = set_cpu_kernels(name)
+    try:
+        yield
+    finally:
+        _state["name"] = prev
+
+
+def active(xp) -> bool:
+    """True when NumPy arrays (``xp``) go through the compiled kernels."""
+    return xp.__name__ == "numpy" and get_cpu_kernels() == "numba"

@@ -1,0 +1,188 @@
+"""Training-mode batch norm in compiled passes (Numba), shared among the engine's threads.
+
+Notation as in :mod:`minigrad_pfa.functional.batchnorm`: F (g, L) the flat input, L = r*c,
+column l = j*c + ch holds position j of channel ch; m = g*r values per channel; D the flat
+output error; gamma, beta (c,). Block b holds rows [a_b, a_{b+1}) (:func:`block_bounds`,
+fixed by g and the work, never by the thread count), n_b = (a_{b+1} - a_b) * r.
+
+Statistics, one read of F. Each row i gives its per-channel mean and squared deviations
+(its second pass runs on the row while it is in cache), merged into the block's
+(n_b, mu_b, M2_b) row by row, then the blocks into the batch's in block order, with the
+exact pairwise update of Chan, Golub & LeVeque (1979) (float64 throughout)::
+
+    mu_i  = sum_j F[i, j*c + ch] / r          q_i = sum_j (F[i, j*c + ch] - mu_i)^2
+    merge (n, mu, M2) with (n', mu', M2'):    d = mu' - mu,  N = n + n'
+        mu <- mu + d * n' / N                 M2 <- M2 + M2' + d^2 * n * n' / N
+    var = M2 / m                              (no E[x^2] - mu^2 cancellation)
+
+Synchronised (``reduce`` sums over the ranks): S = reduce(mu * m, m) gives the global mean
+mu_g, and M2 + m * (mu - mu_g)^2 is this rank's sum of squared deviations around mu_g,
+reduced the same way: the reference's two reductions.
+
+    forward     y  = (F - mu) * s + t                     s = gamma * inv_std, t = beta
+    backward    dbeta = sum D       dgamma = inv_std * sum D * (F - mu)       (sums: blocks)
+                dx = k * (D - ((F - mu) * a + b))         k = gamma * inv_std,
+                                                           a = inv_std * dgamma / m, b = dbeta / m
+
+The cache keeps F (the layer's input, which nothing writes to afterwards) instead of
+xc = F - mu, so the forward writes y alone.
+
+Cost per element, in passes over memory: forward 2 reads + 1 write (NumPy path: 3 reads +
+2 writes, plus the einsum's and the shift's temporaries), backward 4 reads + 1 write (NumPy:
+about 8 reads + 4 writes). Arithmetic is in F's dtype (float32 SIMD stays float32), sums
+accumulate in float64. Each pass is one call per shard or block without the GIL, so the
+shard rule takes the element count itself (no divisor: one hand-off per region).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..cpu.threads import block_bounds, map_blocks, map_shards
+from ..functional import batchnorm as _ref  # check_count
+
+
+def _row_moments(F, lo, hi, c):
+    """(n, mu, M2) over rows [lo, hi) of F, float64 (c,) each: rows merged one by one."""
+    r = F.shape[1] // c
+    n = 0.0
+    mu = np.zeros(c)
+    M2 = np.zeros(c)
+    mu_i = np.empty(c)
+    q_i = np.empty(c)
+    for i in range(lo, hi):
+        mu_i[:] = 0.0
+        for j in range(r):
+            for ch in range(c):
+                mu_i[ch] += F[i, j * c + ch]
+        for ch in range(c):
+            mu_i[ch] /= r
+        q_i[:] = 0.0
+        for j in range(r):
+            for ch in range(c):
+                d = F[i, j * c + ch] - mu_i[ch]
+                q_i[ch] += d * d
+        N = n + r
+        for ch in range(c):
+            d = mu_i[ch] - mu[ch]
+            mu[ch] += d * (r / N)
+            M2[ch] += q_i[ch] + d * d * (n * r / N)
+        n = N
+    return n, mu, M2
+
+
+def _affine_rows(F, mu, s, t, y, lo, hi):
+    """y[lo:hi] = (F[lo:hi] - mu) * s + t, per channel vectors of F's dtype."""
+    c = mu.shape[0]
+    r = F.shape[1] // c
+    for i in range(lo, hi):
+        for j in range(r):
+            for ch in range(c):
+                y[i, j * c + ch] = (F[i, j * c + ch] - mu[ch]) * s[ch] + t[ch]
+
+
+def _error_sums(D, F, mu, lo, hi):
+    """(sum D, sum D * (F - mu)) over rows [lo, hi), float64 (c,) each."""
+    c = mu.shape[0]
+    r = F.shape[1] // c
+    sd = np.zeros(c)
+    sdx = np.zeros(c)
+    for i in range(lo, hi):
+        for j in range(r):
+            for ch in range(c):
+                e = D[i, j * c + ch]
+                sd[ch] += e
+                sdx[ch] += e * (F[i, j * c + ch] - mu[ch])
+    return sd, sdx
+
+
+def _dx_rows(D, F, mu, a, b, k, dx, lo, hi):
+    """dx[lo:hi] = k * (D - ((F - mu) * a + b)), per channel vectors of D's dtype."""
+    c = mu.shape[0]
+    r = F.shape[1] // c
+    for i in range(lo, hi):
+        for j in range(r):
+            for ch in range(c):
+                l = j * c + ch
+                dx[i, l] = k[ch] * (D[i, l] - ((F[i, l] - mu[ch]) * a[ch] + b[ch]))
+
+
+@functools.cache
+def _kernels():
+    """The four loops compiled (once per process; Numba caches the machine code on disk)."""
+    import numba
+
+    jit = numba.njit(nogil=True, cache=True)
+    return (jit(_row_moments), jit(_affine_rows), jit(_error_sums), jit(_dx_rows))
+
+
+def _merge(parts):
+    """Chan's merge of the blocks' (n, mu, M2), in block order: the batch's (n, mu, M2)."""
+    n, mu, M2 = parts[0]
+    for n_b, mu_b, M2_b in parts[1:]:
+        N = n + n_b
+        d = mu_b - mu
+        mu = mu + d * (n_b / N)
+        M2 = M2 + M2_b + d * d * (n * n_b / N)
+        n = N
+    return n, mu, M2
+
+
+def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
+    """Training forward on a flat (g, r*c) array.
+
+    Returns
+    -------
+    y : (g, r*c) array, dtype of F.
+    mean, var, inv_std : (c,) batch statistics, dtype of F (of the global batch with
+        ``reduce``).
+    m : int, values per channel the statistics were taken over.
+    """
+    moments, affine, _, _ = _kernels()
+    g, L = F.shape
+    c = L // r
+    dt = F.dtype
+    n, mu, M2 = _merge(map_blocks(lambda run: [moments(F, b.start, b.stop, c) for b in run],
+                                 block_bounds(g, F.size)))
+    m = g * r
+    if reduce is not None:
+        S = reduce(np.concatenate([mu * m, [float(m)]]))
+        m = int(round(float(S[-1])))
+        mu_g = S[:-1] / m
+        M2 = reduce(M2 + n * (mu - mu_g) ** 2)
+        mu = mu_g
+    _ref.check_count(m, F.shape if shape is None else shape)
+    mean, var = mu.astype(dt), (M2 / m).astype(dt)
+    inv_std = 1.0 / np.sqrt(var + dt.type(eps))
+    s = gamma * inv_std
+    y = np.empty_like(F)
+    map_shards(lambda sl: affine(F, mean, s, beta, y, sl.start, sl.stop), g, elements=F.size)
+    return y, mean, var, inv_std, m
+
+
+def train_backward(D, F, mean, r, inv_std, gamma, m, reduce=None):
+    """Training backward; returns ``dx`` (g, r*c), ``dgamma``, ``dbeta`` (c,).
+
+    ``F`` and ``mean`` are the forward's input and batch mean. ``dgamma``, ``dbeta`` are this
+    process's sums; with ``reduce`` the ``dx`` uses their sums over the ranks.
+    """
+    _, _, sums, dx_rows = _kernels()
+    g = D.shape[0]
+    dt = D.dtype
+    parts = map_blocks(lambda run: [sums(D, F, mean, b.start, b.stop) for b in run],
+                       block_bounds(g, D.size))
+    sd, sdx = parts[0]
+    for p, q in parts[1:]:
+        sd, sdx = sd + p, sdx + q
+    dbeta = sd.astype(dt)
+    dgamma = sdx.astype(dt) * inv_std
+    sb, sg = dbeta, dgamma
+    if reduce is not None:
+        both = reduce(np.concatenate([dbeta, dgamma]))
+        sb, sg = both[:dbeta.shape[0]], both[dbeta.shape[0]:]
+    a, b, k = inv_std * sg / m, sb / m, gamma * inv_std
+    dx = np.empty_like(D)
+    map_shards(lambda sl: dx_rows(D, F, mean, a, b, k, dx, sl.start, sl.stop), g,
+               elements=D.size)
+    return dx, dgamma, dbeta

@@ -1,0 +1,184 @@
+"""The compiled CPU kernels (minigrad_pfa.jit, ``--cpu-kernels numba``).
+
+They must compute what the NumPy path computes (to rounding: they accumulate in float64
+and keep other temporaries), give the same bits on any number of threads, and be chosen
+only on request, with a clear error when Numba is missing.
+"""
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from minigrad_pfa import cpu, jit
+from minigrad_pfa.functional import batchnorm as F_bn
+
+numba = pytest.importorskip("numba", reason="the optional extra minigrad_pfa[jit] "
+                                            "(pip install numba) is not installed")
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def _bn_step(x, dy, kernels, threads=1, reduce=None, min_elements=None):
+    """(y, dx, dgamma, dbeta, running_mean, running_var) of one training BN step."""
+    c = x.shape[1]
+    rng = np.random.default_rng(3)
+    gamma = (rng.random(c) + 0.5).astype(x.dtype)
+    beta = rng.standard_normal(c).astype(x.dtype)
+    rm, rv = np.zeros(c, x.dtype), np.ones(c, x.dtype)
+    with jit.using_cpu_kernels(kernels), \
+            cpu.using_threads(threads, min_rows=1 if min_elements else None,
+                              min_elements=min_elements):
+        y, cache = F_bn.batchnorm_forward(x, gamma, beta, rm, rv, training=True,
+                                          reduce=reduce)
+        dx, dg, db = F_bn.batchnorm_backward(dy, cache)
+    return y, dx, dg, db, rm, rv
+
+
+SHAPES = [(128, 16, 32, 32), (64, 32, 8, 8), (6, 3, 2, 2), (64, 10), (2, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_batchnorm_kernels_compute_what_numpy_does(shape, dtype, tol):
+    rng = np.random.default_rng(0)
+    # an offset mean 3 sigma away: a one-pass E[x^2] - mu^2 variance would lose digits
+    x = (rng.standard_normal(shape) * 0.5 + 1.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    ref = _bn_step(x, dy, "numpy")
+    got = _bn_step(x, dy, "numba")
+    for name, a, b in zip("y dx dgamma dbeta running_mean running_var".split(), got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert _rel(a, b) <= tol, (name, _rel(a, b))
+    assert got[0].strides == ref[0].strides  # 4-D outputs stay channels-last
+
+
+def test_batchnorm_kernels_same_bits_on_any_thread_count():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 16, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    one = _bn_step(x, dy, "numba", threads=1, min_elements=1)
+    for t in (2, 3):
+        many = _bn_step(x, dy, "numba", threads=t, min_elements=1)
+        for a, b in zip(many, one):
+            assert np.array_equal(a, b)
+
+
+def test_batchnorm_kernels_really_shard(monkeypatch):
+    """With 2 threads the compiled passes run in shards on two threads (not a serial call
+    dressed up): record the threads the forward's affine kernel ran on."""
+    from minigrad_pfa.jit import batchnorm as jit_bn
+    moments, affine, sums, dx_rows = jit_bn._kernels()
+    seen = set()
+
+    def spy(*args):
+        seen.add(threading.get_ident())
+        return affine(*args)
+
+    monkeypatch.setattr(jit_bn, "_kernels", lambda: (moments, spy, sums, dx_rows))
+    x = np.random.default_rng(2).standard_normal((64, 16, 8, 8))
+    barrier = threading.Barrier(2, timeout=10)
+
+    def slow_spy(*args):  # both shards must be in flight at once to pass the barrier
+        seen.add(threading.get_ident())
+        barrier.wait()
+        return affine(*args)
+
+    monkeypatch.setattr(jit_bn, "_kernels", lambda: (moments, slow_spy, sums, dx_rows))
+    _bn_step(x, x, "numba", threads=2, min_elements=1)
+    assert len(seen) == 2
+
+
+def test_synchronised_batchnorm_kernels_equal_one_process():
+    """Two ranks (threads here) with a summing ``reduce`` normalise with the statistics of
+    the whole batch: their halves equal the one-process result."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((16, 4, 3, 3)) * 2 + 5).astype(np.float64)
+    dy = rng.standard_normal(x.shape)
+    whole = _bn_step(x, dy, "numba")
+    slots, barrier, out = {}, threading.Barrier(2, timeout=10), {}
+
+    def reduce_for(rank):
+        def reduce(v):
+            slots[rank] = np.array(v)
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        return reduce
+
+    def rank(k):
+        half = slice(8 * k, 8 * k + 8)
+        out[k] = _bn_step(x[half], dy[half], "numba", reduce=reduce_for(k))
+
+    ts = [threading.Thread(target=rank, args=(k,)) for k in (0, 1)]
+    with jit.using_cpu_kernels("numba"):  # the threads read the process-wide setting
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    for i in (0, 1):  # y and dx: rows of the whole batch's
+        assert _rel(np.concatenate([out[0][i], out[1][i]]), whole[i]) <= 1e-12
+    # dgamma, dbeta are each rank's share of the sums
+    for i in (2, 3):
+        assert _rel(out[0][i] + out[1][i], whole[i]) <= 1e-12
+    for i in (4, 5):  # the running statistics: the global batch's on both ranks
+        assert _rel(out[0][i], whole[i]) <= 1e-12 and _rel(out[1][i], whole[i]) <= 1e-12
+
+
+def test_setting_is_explicit_and_checked(monkeypatch):
+    monkeypatch.delenv(jit.CPU_KERNELS_ENV, raising=False)
+    monkeypatch.setitem(jit._state, "name", None)
+    assert jit.get_cpu_kernels() == "numpy"  # the default: the NumPy code
+    assert not jit.active(np)
+    with jit.using_cpu_kernels("numba"):
+        assert jit.active(np)
+        assert not jit.active(type(sys)("cupy"))  # never for other array modules
+    assert jit.get_cpu_kernels() == "numpy"
+    with pytest.raises(ValueError, match="one of numpy, numba"):
+        jit.set_cpu_kernels("numbaa")
+    monkeypatch.setitem(jit._state, "name", None)
+    monkeypatch.setenv(jit.CPU_KERNELS_ENV, "numba")
+    assert jit.get_cpu_kernels() == "numba"
+    monkeypatch.setitem(jit._state, "name", None)
+    monkeypatch.setenv(jit.CPU_KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match=r"\$MINIGRAD_PFA_CPU_KERNELS must be one of"):
+        jit.get_cpu_kernels()
+
+
+def test_missing_numba_is_an_error_naming_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'minigrad_pfa\[jit\]'"):
+        jit.check_cpu_kernels("numba")
+    assert jit.check_cpu_kernels("numpy") == "numpy"
+
+
+def test_train_cli_runs_with_numba_kernels_and_records_them(tmp_path):
+    """``train --cpu-kernels numba``: a short run that learns, its choice in results.json,
+    and the setting restored afterwards."""
+    from minigrad_pfa.cli import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "name": "t", "epochs": 1, "seed": 0, "model": {"name": "resnet20"},
+        "data": {"name": "synthetic-images", "batch_size": 16, "val_size": 16,
+                 "limit_train": 32, "normalize": "train_stats", "eval_batch_size": 64},
+        "rule": "bp", "optim": {"lr": 0.05}, "metrics": {"probe_size": 16}}))
+    rc = main(["train", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress",
+               "--cpu-kernels", "numba", "--threads", "2"])
+    assert rc in (0, None)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["machine"]["cpu_kernels"] == "numba" and res["machine"]["threads"] == 2
+    assert jit.get_cpu_kernels() == "numpy"
+
+
+def test_grid_and_bench_pass_the_choice_to_their_children(monkeypatch):
+    from minigrad_pfa.bench.runner import worker_env
+    from minigrad_pfa.grid import thread_env
+    monkeypatch.delenv(jit.CPU_KERNELS_ENV, raising=False)
+    assert thread_env(1, 1, cpu_kernels="numba")[jit.CPU_KERNELS_ENV] == "numba"
+    assert jit.CPU_KERNELS_ENV not in thread_env(1, 1)
+    assert worker_env(1, "numba")[jit.CPU_KERNELS_ENV] == "numba"
