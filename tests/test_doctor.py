@@ -12,8 +12,9 @@ def test_cpu_part_reports_the_machine(tmp_path, capsys):
     assert main(["doctor", "--json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "BLAS" in out and "PyTorch" in out and "datasets:" in out
+    assert "CPU kernels: numpy; Numba" in out
     rep = json.loads((tmp_path / "d.json").read_text())
-    assert set(rep["machine"]) >= {"numpy", "cuda", "torch", "datasets"}
+    assert set(rep["machine"]) >= {"numpy", "cuda", "torch", "kernels", "datasets"}
     assert "synthetic-mlp" in rep["machine"]["datasets"]
 
 

@@ -57,6 +57,15 @@ def test_batchnorm_kernels_compute_what_numpy_does(shape, dtype, tol):
     assert got[0].strides == ref[0].strides  # 4-D outputs stay channels-last
 
 
+def test_batchnorm_kernels_take_any_layout():
+    """NCHW (copied to channels-last by the flat view) and a Fortran-ordered 2-D input."""
+    rng = np.random.default_rng(5)
+    for x in (rng.standard_normal((6, 4, 3, 5)), np.asfortranarray(rng.standard_normal((32, 7)))):
+        dy = rng.standard_normal(x.shape)
+        for a, b in zip(_bn_step(x, dy, "numba"), _bn_step(x, dy, "numpy")):
+            assert _rel(a, b) <= 1e-12
+
+
 def test_batchnorm_kernels_same_bits_on_any_thread_count():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((96, 16, 8, 8)).astype(np.float32)
@@ -182,3 +191,18 @@ def test_grid_and_bench_pass_the_choice_to_their_children(monkeypatch):
     assert thread_env(1, 1, cpu_kernels="numba")[jit.CPU_KERNELS_ENV] == "numba"
     assert jit.CPU_KERNELS_ENV not in thread_env(1, 1)
     assert worker_env(1, "numba")[jit.CPU_KERNELS_ENV] == "numba"
+
+
+def test_kernels_benchmark_compares_both_in_one_run():
+    """``python -m minigrad_pfa.bench.kernels``: every (work, threads) row has both kernels'
+    times and a verdict, and the caller's settings come back unchanged."""
+    from minigrad_pfa.bench import kernels as bk
+    lines = []
+    rows = bk.compare("mlp", batch=8, rounds=2, steps=1, threads=2, log=lines.append)
+    works = {r["work"] for r in rows}
+    assert len(works) == 1 + len(bk.BN_STAGES) and {r["threads"] for r in rows} == {1, 2}
+    for r in rows:
+        assert r["numpy_s"] > 0 and r["numba_s"] > 0 and len(r["round_speedups"]) == 2
+        assert r["verdict"] in ("faster", "slower", "no difference")
+    assert len(lines) == len(rows)
+    assert jit.get_cpu_kernels() == "numpy" and cpu.get_threads() == 1

@@ -76,6 +76,17 @@ def torch_facts() -> dict:
     return {"torch": torch.__version__, "torch_cuda": bool(torch.cuda.is_available())}
 
 
+def kernel_facts() -> dict:
+    """The CPU kernels in use (``--cpu-kernels``) and whether Numba imports."""
+    from ..jit import get_cpu_kernels
+    try:
+        import numba
+        version = numba.__version__
+    except ImportError:
+        version = None
+    return {"cpu_kernels": get_cpu_kernels(), "numba": version}
+
+
 def dataset_facts() -> dict:
     from ..data.registry import DATASETS, dataset_status
     return {name: dataset_status(name) for name in DATASETS}
@@ -84,7 +95,7 @@ def dataset_facts() -> dict:
 def machine_report() -> dict:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "numpy": numpy_facts(), "cuda": cuda_facts(), "torch": torch_facts(),
-            "datasets": dataset_facts()}
+            "kernels": kernel_facts(), "datasets": dataset_facts()}
 
 
 def format_machine(r: dict) -> list[str]:
@@ -113,5 +124,9 @@ def format_machine(r: dict) -> list[str]:
     lines.append("PyTorch: " + ("not installed (bench comparisons skipped)"
                                 if t["torch"] is None else
                                 f"{t['torch']} (CUDA {'yes' if t['torch_cuda'] else 'no'})"))
+    k = r["kernels"]
+    lines.append(f"CPU kernels: {k['cpu_kernels']}; Numba " +
+                 (f"{k['numba']} (--cpu-kernels numba available)" if k["numba"] else
+                  "not installed (--cpu-kernels numba needs pip install 'minigrad_pfa[jit]')"))
     lines.append("datasets: " + "; ".join(f"{k}: {v}" for k, v in r["datasets"].items()))
     return lines

@@ -33,6 +33,12 @@ long; with rows of r*c values the same elementwise ops run 3-4x faster (0.55 ms 
 Precision: statistics are accumulated in the input dtype (float32 stays float32; no float64
 array is created). :func:`_channel_sum` adds over the g rows first and the r positions after,
 two short float32 accumulations instead of one of length m (see there).
+
+Where the training passes run: NumPy arrays with enough work go to the batch-sharded
+:mod:`minigrad_pfa.cpu.batchnorm` (same equations, same bits on any thread count); with
+``--cpu-kernels numba`` every NumPy training batch norm goes to the compiled passes of
+:mod:`minigrad_pfa.jit.batchnorm` instead (float64 sums, one read of x for the statistics;
+equal to this module to float32 / float64 rounding, tests/test_jit.py).
 """
 from __future__ import annotations
 
