@@ -16,7 +16,8 @@ Method. One model and optimizer (BP, SGD, synthetic in-memory data, as in
 interleaved rounds, each timing every (T, K) back to back, so a change of the machine's load
 falls into both sides of a ratio. The op part does the same for the training batch norm of
 ResNet-20's three stages at batch 128 (channels-last float32 (128, c, s, s) for
-(c, s) = (16, 32), (32, 16), (64, 8)).
+(c, s) = (16, 32), (32, 16), (64, 8)), and for their 3x3 stride-1 convolutions (forward,
+weight gradient and input error, c -> c channels).
 
     python -m minigrad_pfa.bench.kernels [--model resnet20] [--batch 128] [--rounds 3]
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 
-#: ResNet-20's batch-norm inputs per stage, (channels, side), at the benchmark's batch
+#: ResNet-20's batch-norm (and 3x3 convolution) inputs per stage, (channels, side)
 BN_STAGES = ((16, 32), (32, 16), (64, 8))
 
 
@@ -43,6 +44,24 @@ def _bn_work(c: int, side: int, batch: int):
     def work():
         _, cache = F_bn.batchnorm_forward(x, gamma, beta, rm, rv, training=True)
         F_bn.batchnorm_backward(dy, cache)
+    return work
+
+
+def _conv_work(c: int, side: int, batch: int):
+    """A closure running one 3x3 stride-1 convolution's forward, weight gradient and input
+    error (c -> c channels, padding 1) on fixed channels-last data."""
+    import numpy as np
+
+    from ..functional import conv as F_conv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+    W = rng.standard_normal((c, c, 3, 3), dtype=np.float32)
+    d = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+
+    def work():
+        _, cache = F_conv.conv2d_forward(x, W, None, 1, 1)
+        F_conv.conv2d_weight_grad(d, cache)
+        F_conv.conv2d_input_error(d, W, x.shape, 1, 1)
     return work
 
 
@@ -96,6 +115,9 @@ def compare(model: str = "resnet20", batch: int = 128, rounds: int = 3, steps: i
             bn = {f"BatchNorm fwd+bwd ({batch}, {c}, {s}, {s})": _bn_work(c, s, batch)
                   for c, s in BN_STAGES}
             res.update(_interleaved(bn, counts, rounds, 5))
+            cv = {f"Conv 3x3 fwd+wgrad+dx ({batch}, {c}, {s}, {s})": _conv_work(c, s, batch)
+                  for c, s in BN_STAGES}
+            res.update(_interleaved(cv, counts, rounds, 5))
     rows = []
     for (name, t, k), _ in res.items():
         if k != "numpy":

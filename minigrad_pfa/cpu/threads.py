@@ -192,6 +192,15 @@ def _limit_blas(threads: int):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
+def reapply_blas_limit() -> None:
+    """Hold a BLAS loaded after :func:`set_threads` limited the others (SciPy's, which the
+    compiled kernels of :mod:`minigrad_pfa.jit.conv` call) to one thread as well; nothing
+    before the engine's threads are set. (:func:`using_threads` restores the limits of the
+    libraries it found at its start, so such a late library keeps one thread.)"""
+    if _state["blas_limiter"] is not None:
+        _limit_blas(1)
+
+
 def set_threads(threads: int, min_rows: int | None = None,
                 min_elements: int | None = None) -> int:
     """Use ``threads`` CPU threads for the engine's steps; returns the previous count.

@@ -65,6 +65,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu.threads import (GEMM_MACS_PER_ELEMENT, block_bounds, is_sharded, map_shards,
                            shard_bounds, sum_blocks)
+from ..jit import active as _jit_active
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -467,10 +468,15 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy for channels-last x
         y = xp.empty((n, oh, ow, oc), dtype=x.dtype)
         Wrows = kernel_rows(W) if row_taps((kh, kw), stride) else None  # once, not per shard
+        jit = Wrows is not None and _jit_active(xp) and _jit_conv().supports(x.dtype)
+        Wr = xp.stack(Wrows) if jit else None  # (kh, kw*ic, oc) for the compiled loop
 
         def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
             xs, ys, m = xl[sl], y[sl], sl.stop - sl.start
             if m == 0:
+                return
+            if jit:  # --cpu-kernels numba: one compiled sample loop (jit.conv)
+                _jit_conv().forward_rows(xs, Wr, padding, ys.reshape(m, oh * ow, oc))
                 return
             if Wrows is not None:
                 s = chunk_samples(m, _RowWindows.sample_bytes(
@@ -724,6 +730,10 @@ def conv2d_weight_grad(delta, cache):
         xp = get_array_module(x)
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
         d3 = d2.reshape(n, oh * ow, ocp)
+        if row_taps((kh, kw), stride) and _jit_active(xp) and _jit_conv().supports(x.dtype):
+            # --cpu-kernels numba: per-sample row-tap GEMMs summed in fixed blocks (jit.conv)
+            gKmat = _jit_conv().weight_grad_rows(xl, d3, (kh, kw), padding, xp)
+            return matrix_to_kernel(gKmat, (ocp, ic, kh, kw))
 
         # blocks of the batch fixed by its size alone (cpu.threads.block_bounds): at least
         # the chunks' count, so that a block's col fits CHUNK_BYTES; a run of blocks per
@@ -745,6 +755,12 @@ def conv2d_weight_grad(delta, cache):
             col, _ = _im2col_cl(x.transpose(0, 2, 3, 1), kh, kw, stride, padding)
         gKmat = d2.T @ col
     return matrix_to_kernel(gKmat, (ocp, ic, kh, kw))
+
+
+def _jit_conv():
+    """:mod:`minigrad_pfa.jit.conv`, imported when first used (it needs Numba)."""
+    from ..jit import conv
+    return conv
 
 
 def conv2d_bias_grad(delta):

@@ -20,18 +20,23 @@ are *not* the NumPy path's bits (they accumulate in float64 and keep other tempo
 tests compare the two to a tolerance and each with itself across thread counts.
 
 Where: only NumPy arrays (CuPy has its own fused kernels, :mod:`minigrad_pfa.functional.fused`).
-What is compiled: the training batch norm (:mod:`.batchnorm`), the step's largest
-memory-bound phase. ``python -m minigrad_pfa.bench.kernels`` times both choices side by side
-(interleaved rounds in one process), for whole steps and for the batch norms alone;
+What is compiled: the training batch norm (:mod:`.batchnorm`) and the stride-1 convolutions
+with a kernel wider than 1x1 (:mod:`.conv`: forward, the input error that is a forward of
+the error, the weight gradient), where per sample the row taps are built in cache and handed
+to BLAS's GEMM, accumulating over the kernel rows in the result, all in one call per shard
+without the lock. Everything else (strided and 1x1 convolutions, ReLU, pooling, the linear
+layers, the rules' feedback products) runs the NumPy path. ``python -m
+minigrad_pfa.bench.kernels`` times both choices side by side (interleaved rounds in one
+process), for whole steps and for ResNet-20's batch norms and convolutions alone;
 ``bench --cpu-kernels numba`` runs the whole benchmark with them.
 
 Tried and not adopted (Intel Xeon VM, 2 vCPUs, December 2026; one thread unless said):
 
-* im2col's gather compiled (zero padding and windows in one pass from x, instead of
-  NumPy's copy into a padded buffer and its strided window copy): bit-identical, but slower
-  -- ResNet-20's chunk windows at batch 128 took 30.0 / 11.8 / 5.2 ms against NumPy's
-  10.9 / 6.3 / 3.2 ms for 16 / 32 / 64 channels: NumPy's strided copy already moves runs of
-  c values at memory speed, and the compiled loop did not.
+* im2col's gather compiled alone (zero padding and windows in one pass from x, into a
+  whole chunk's ``col``, then NumPy's GEMM): bit-identical, but slower -- ResNet-20's chunk
+  windows at batch 128 took 30.0 / 11.8 / 5.2 ms against NumPy's 10.9 / 6.3 / 3.2 ms for
+  16 / 32 / 64 channels. What :mod:`.conv` does instead -- one sample's row taps, in cache,
+  and the GEMMs in the same compiled call -- is faster (its module docstring).
 * oneMKL's sgemm through ctypes for the convolutions' skinny GEMMs (what PyTorch uses):
   1.3-1.9x OpenBLAS on (8192, 48 | 144, 16) and (2048, 576, 64) in one run, 0.7-1.2x in an
   interleaved rerun, and a ResNet-20 batch-128 step on 2 threads took 1.19x as long as with
