@@ -27,7 +27,7 @@ import statistics
 import time
 
 #: ResNet-20's batch-norm (and 3x3 convolution) inputs per stage, (channels, side)
-BN_STAGES = ((16, 32), (32, 16), (64, 8))
+STAGES = ((16, 32), (32, 16), (64, 8))
 
 
 def _bn_work(c: int, side: int, batch: int):
@@ -113,10 +113,10 @@ def compare(model: str = "resnet20", batch: int = 128, rounds: int = 3, steps: i
         res = _interleaved(works, counts, rounds, steps)
         if ops:
             bn = {f"BatchNorm fwd+bwd ({batch}, {c}, {s}, {s})": _bn_work(c, s, batch)
-                  for c, s in BN_STAGES}
+                  for c, s in STAGES}
             res.update(_interleaved(bn, counts, rounds, 5))
             cv = {f"Conv 3x3 fwd+wgrad+dx ({batch}, {c}, {s}, {s})": _conv_work(c, s, batch)
-                  for c, s in BN_STAGES}
+                  for c, s in STAGES}
             res.update(_interleaved(cv, counts, rounds, 5))
     rows = []
     for (name, t, k), _ in res.items():

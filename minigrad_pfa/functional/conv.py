@@ -398,7 +398,7 @@ class _RowWindows:
         self.pad = xp.zeros((s, self.hp, wp, c), dtype=xl.dtype) if (ph or pw) else None
         self.colw = xp.empty((s, self.hp, self.ow, kw * c), dtype=xl.dtype)
         self.tmp = xp.empty((s, self.oh * self.ow, oc), dtype=xl.dtype)
-        self.Wrows = Wrows  # (kw*c, oc) per kernel row (:func:`kernel_rows`)
+        self.Wrows = Wrows  # (kh, kw*c, oc): a (kw*c, oc) matrix per kernel row (:func:`kernel_rows`)
         # the taps view, built once (as_strided costs ~13 us): over the reused padded
         # buffer, or over the whole unpadded input
         src = self.pad if self.pad is not None else xl
@@ -435,11 +435,12 @@ class _RowWindows:
 
 
 def kernel_rows(W):
-    """(oc, c, kh, kw) -> kh matrices (kw*c, oc), ``Wrow_i[(j, c), o] = W[o, c, i, j]``."""
+    """(oc, c, kh, kw) -> one C-contiguous (kh, kw*c, oc) array whose row ``i`` is the kernel
+    row matrix ``Wrow_i[(j, c), o] = W[o, c, i, j]`` (one copy; the compiled loop of
+    :mod:`minigrad_pfa.jit.conv` takes the whole array)."""
     xp = get_array_module(W)
     oc, c, kh, kw = W.shape
-    return [xp.ascontiguousarray(W[:, :, i, :].transpose(2, 1, 0).reshape(kw * c, oc))
-            for i in range(kh)]
+    return xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * c, oc)
 
 
 def row_taps(kernel, stride) -> bool:
@@ -468,15 +469,14 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy for channels-last x
         y = xp.empty((n, oh, ow, oc), dtype=x.dtype)
         Wrows = kernel_rows(W) if row_taps((kh, kw), stride) else None  # once, not per shard
-        jit = Wrows is not None and _jit_active(xp) and _jit_conv().supports(x.dtype)
-        Wr = xp.stack(Wrows) if jit else None  # (kh, kw*ic, oc) for the compiled loop
+        jit = _compiled_rows(xp, (kh, kw), stride, x.dtype)
 
         def rows(sl):  # y[sl] from x[sl], chunk by chunk (one batch shard, cpu.threads)
             xs, ys, m = xl[sl], y[sl], sl.stop - sl.start
             if m == 0:
                 return
             if jit:  # --cpu-kernels numba: one compiled sample loop (jit.conv)
-                _jit_conv().forward_rows(xs, Wr, padding, ys.reshape(m, oh * ow, oc))
+                _jit_conv().forward_rows(xs, Wrows, padding, ys.reshape(m, oh * ow, oc))
                 return
             if Wrows is not None:
                 s = chunk_samples(m, _RowWindows.sample_bytes(
@@ -730,9 +730,9 @@ def conv2d_weight_grad(delta, cache):
         xp = get_array_module(x)
         xl = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
         d3 = d2.reshape(n, oh * ow, ocp)
-        if row_taps((kh, kw), stride) and _jit_active(xp) and _jit_conv().supports(x.dtype):
+        if _compiled_rows(xp, (kh, kw), stride, x.dtype):
             # --cpu-kernels numba: per-sample row-tap GEMMs summed in fixed blocks (jit.conv)
-            gKmat = _jit_conv().weight_grad_rows(xl, d3, (kh, kw), padding, xp)
+            gKmat = _jit_conv().weight_grad_rows(xl, d3, (kh, kw), padding)
             return matrix_to_kernel(gKmat, (ocp, ic, kh, kw))
 
         # blocks of the batch fixed by its size alone (cpu.threads.block_bounds): at least
@@ -761,6 +761,12 @@ def _jit_conv():
     """:mod:`minigrad_pfa.jit.conv`, imported when first used (it needs Numba)."""
     from ..jit import conv
     return conv
+
+
+def _compiled_rows(xp, kernel, stride, dtype) -> bool:
+    """True when a layer's row-tap GEMMs (:func:`row_taps`) run the compiled loops of
+    :mod:`minigrad_pfa.jit.conv`: ``--cpu-kernels numba``, NumPy arrays, float32 / float64."""
+    return row_taps(kernel, stride) and _jit_active(xp) and _jit_conv().supports(dtype)
 
 
 def conv2d_bias_grad(delta):

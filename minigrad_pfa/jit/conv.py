@@ -54,8 +54,9 @@ from ..cpu.threads import GEMM_MACS_PER_ELEMENT, block_bounds, reapply_blas_limi
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _row_taps(xl, n, ph, pw, kw, colw):
-    """colw[yp, ox, j*c + ch] = xl[n, yp - ph, ox + j - pw, ch], zero outside xl."""
+def _row_taps(xl, n, ph, pw, kw, colw, border):
+    """colw[yp, ox, j*c + ch] = xl[n, yp - ph, ox + j - pw, ch]; the taps outside xl are
+    zeroed only when ``border`` (the first sample of a call: they are the same every sample)."""
     h, w, c = xl.shape[1], xl.shape[2], xl.shape[3]
     hp, ow = colw.shape[0], colw.shape[1]
     for yp in range(hp):
@@ -65,8 +66,9 @@ def _row_taps(xl, n, ph, pw, kw, colw):
                 xs = ox + j - pw
                 base = j * c
                 if ys < 0 or ys >= h or xs < 0 or xs >= w:
-                    for ch in range(c):
-                        colw[yp, ox, base + ch] = 0
+                    if border:
+                        for ch in range(c):
+                            colw[yp, ox, base + ch] = 0
                 else:
                     for ch in range(c):
                         colw[yp, ox, base + ch] = xl[n, ys, xs, ch]
@@ -97,7 +99,7 @@ def _make_kernels(gemm, dtype):
         one = np.ones(1, dtype)
         zero = np.zeros(1, dtype)
         for n in range(m):
-            taps(xl, n, ph, pw, kw, colw)
+            taps(xl, n, ph, pw, kw, colw, n == 0)
             yn = y[n]
             for i in range(kh):
                 gemm(NN.ctypes, NN.ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
@@ -118,7 +120,7 @@ def _make_kernels(gemm, dtype):
         one = np.ones(1, dtype)
         zero = np.zeros(1, dtype)
         for n in range(lo, hi):
-            taps(xl, n, ph, pw, kw, colw)
+            taps(xl, n, ph, pw, kw, colw, n == lo)
             for i in range(kh):
                 gemm(NN.ctypes, NN[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
                      ints[2:].ctypes, one.ctypes, colw[i:].ctypes, ints[0:].ctypes,
@@ -165,7 +167,7 @@ def forward_rows(xl, Wr, padding, y3) -> None:
     forward(xl, Wr, int(padding[0]), int(padding[1]), y3)
 
 
-def weight_grad_rows(xl, d3, kernel, padding, xp=np):
+def weight_grad_rows(xl, d3, kernel, padding):
     """``gKmat`` (oc', kh*kw*c): the weight gradient of a stride-1 layer, in fixed blocks.
 
     Parameters
@@ -183,7 +185,7 @@ def weight_grad_rows(xl, d3, kernel, padding, xp=np):
     n, c = xl.shape[0], xl.shape[3]
     (kh, kw), (ph, pw) = kernel, (int(padding[0]), int(padding[1]))
     ocp = d3.shape[2]
-    blocks = block_bounds(n, d3.size * kh * kw * c // GEMM_MACS_PER_ELEMENT, xp)
+    blocks = block_bounds(n, d3.size * kh * kw * c // GEMM_MACS_PER_ELEMENT, np)
 
     def partials(run):  # G_b (kh, oc', kw*c) of each block b of a run, computed alone
         out = []
@@ -193,5 +195,5 @@ def weight_grad_rows(xl, d3, kernel, padding, xp=np):
             out.append(G)
         return out
 
-    G = sum_blocks(partials, blocks, xp)  # added in block order: same bits for any T
+    G = sum_blocks(partials, blocks, np)  # added in block order: same bits for any T
     return G.transpose(1, 0, 2).reshape(ocp, kh * kw * c)
