@@ -500,3 +500,22 @@ def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
     assert rows[0]["elements"] == 4 * 8 * 4 * 4
     assert all(rows[0][k] > 0 for k in ("relu_1", "relu_2", "bn_1", "bn_2"))
     assert dispatch.main(["2"]) == 0 and "speed-up" in capsys.readouterr().out
+
+
+def test_profile_phases_count_the_compiled_kernels_where_they_belong():
+    """Every function of the compiled convolutions is GEMM time and of the compiled batch
+    norm BatchNorm time, not "Python overhead" (their own time is all of their work: the
+    GEMMs they call through a C pointer are invisible to cProfile)."""
+    import inspect
+
+    from minigrad_pfa.bench.phases import phase_of
+    from minigrad_pfa.jit import batchnorm as jit_bn
+    for module, phase in ((jit_bn, "BatchNorm"), ("conv", "GEMM")):
+        if module == "conv":
+            pytest.importorskip("numba", reason="jit.conv needs the optional extra [jit]")
+            from minigrad_pfa.jit import conv as module
+        path = "minigrad_pfa/" + module.__name__.split(".", 1)[1].replace(".", "/") + ".py"
+        names = [n for n, f in vars(module).items()
+                 if inspect.isfunction(f) and f.__module__ == module.__name__]
+        assert names and {phase_of(n, f"{path}:1") for n in names} == {phase}, module
+    assert phase_of("forward", "minigrad_pfa/nn/resnet.py:94") == "elementwise"

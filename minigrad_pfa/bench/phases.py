@@ -8,12 +8,15 @@ profiled calls. So each phase is a set of functions whose own time is dominated 
   weight gradient's per-block products (the ``<listcomp>`` of its ``partials``), the
   row-tap GEMMs and their sums ``gemm_into``; its copy is ``copyto``'s own),
   ``_conv_gemm``, ``conv2d_weight_grad``, the fold's per-offset GEMMs, ``channel_matmul``,
-  linear layers, PFA's ``contract_first``;
+  linear layers, PFA's ``contract_first``; under ``--cpu-kernels numba`` the compiled
+  convolutions (every function of ``jit/conv.py``: one call builds a sample's row taps and
+  runs its GEMMs, so the taps copy is counted here too);
 * **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``),
   the padded chunk buffers (``_fill_padded``), ``fold_windows`` (the ``+=`` of col2im),
   padding, ``as_strided``, ``ascontiguousarray``, ``concatenate``;
-* **BatchNorm**: ``functional/batchnorm.py``, ``cpu/batchnorm.py``, ``einsum`` and the
-  ufunc ``reduce`` (column sums; also the bias gradients' and the loss's sums);
+* **BatchNorm**: ``functional/batchnorm.py``, ``cpu/batchnorm.py``, ``jit/batchnorm.py``,
+  ``einsum`` and the ufunc ``reduce`` (column sums; also the bias gradients' and the
+  loss's sums);
 * **elementwise**: ReLU, the residual additions (``nn/resnet.py``), pooling, the loss;
 * **optimizer**: ``optim/``;
 * **threads**: the pool's dispatch and waits (``minigrad_pfa/cpu/threads.py``, locks);
@@ -41,6 +44,8 @@ def phase_of(function: str, where: str) -> str:
             return "GEMM"
         if function in _COPY_CONV:
             return "im2col / col2im"
+    if path.endswith("jit/conv.py"):  # compiled taps + GEMM calls, inseparable in a profile
+        return "GEMM"
     if path.endswith(("functional/linear.py", "cpu/elementwise.py")) and "matmul" in \
             function or path.endswith("functional/linear.py") or function == "contract_first":
         return "GEMM"

@@ -172,7 +172,9 @@ def _profile_section(profiles) -> list[str]:
                   "convolutions are the own time of the chunk loops `rows` (forward and "
                   "stride-1 input error) and `partial` (weight gradient) in "
                   "`functional/conv.py`, one per batch shard; im2col's copy is the chunk "
-                  "windows' `__call__`.", ""]
+                  "windows' `__call__`. With `--cpu-kernels numba` the stride-1 "
+                  "convolutions are the compiled `forward` and `weight_grad` of "
+                  "`jit/conv.py` (row taps and GEMMs in one call, counted as GEMM).", ""]
         if p.get("phases"):
             lines += ["By phase (`minigrad_pfa.bench.phases`: each function's own time "
                       "assigned to the phase that dominates it):", ""]
