@@ -77,14 +77,23 @@ def torch_facts() -> dict:
 
 
 def kernel_facts() -> dict:
-    """The CPU kernels in use (``--cpu-kernels``) and whether Numba imports."""
+    """The CPU kernels in use (``--cpu-kernels``), whether Numba imports, and its thread-safe
+    threading layer (:func:`minigrad_pfa.jit.parallel.layer`; None without one)."""
     from ..jit import get_cpu_kernels
     try:
         import numba
         version = numba.__version__
     except ImportError:
         version = None
-    return {"cpu_kernels": get_cpu_kernels(), "numba": version}
+    layer = None
+    if version is not None:
+        import warnings
+
+        from ..jit.parallel import layer as _layer
+        with warnings.catch_warnings():  # the report says it instead
+            warnings.simplefilter("ignore", RuntimeWarning)
+            layer = _layer()
+    return {"cpu_kernels": get_cpu_kernels(), "numba": version, "numba_layer": layer}
 
 
 def dataset_facts() -> dict:
@@ -126,7 +135,10 @@ def format_machine(r: dict) -> list[str]:
                                 f"{t['torch']} (CUDA {'yes' if t['torch_cuda'] else 'no'})"))
     k = r["kernels"]
     lines.append(f"CPU kernels: {k['cpu_kernels']}; Numba " +
-                 (f"{k['numba']} (--cpu-kernels numba available)" if k["numba"] else
+                 (f"{k['numba']} (--cpu-kernels numba available; threading layer "
+                  + (f"{k['numba_layer']})" if k.get("numba_layer") else
+                     "none thread-safe: the linear GEMMs stay on NumPy and the SGD "
+                     "updates on one thread; pip install tbb)") if k["numba"] else
                   "not installed (--cpu-kernels numba needs pip install 'minigrad_pfa[jit]')"))
     lines.append("datasets: " + "; ".join(f"{k}: {v}" for k, v in r["datasets"].items()))
     return lines

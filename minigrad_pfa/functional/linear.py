@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
 from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, is_sharded
+from ..jit import active as _jit_active
 
 #: a feature shard of a linear GEMM (and a deferred parameter-gradient task of a linear
 #: layer, :mod:`minigrad_pfa.cpu.overlap`) needs this many times the pool's smallest work
@@ -35,14 +36,13 @@ def work(macs: int) -> int:
     return int(macs) // GEMM_MACS_PER_ELEMENT // WORK_DIVISOR
 
 
-def _shard_work(a, features: int, macs: int):
+def _shard_work(xp, n: int, features: int, macs: int):
     """The GEMM's work (:func:`work`) when it runs in feature shards (NumPy, several engine
     threads, enough work: :mod:`minigrad_pfa.cpu`), else None (one serial GEMM)."""
     work_ = work(macs)
     # a batch under GEMM_MIN_ROWS rows stays serial: with n = 1 NumPy takes a matrix-vector
     # product, whose rounding was measured to change when it is split
-    sharded = a.ndim == 2 and a.shape[0] >= GEMM_MIN_ROWS and \
-        is_sharded(get_array_module(a), features, work_, gemm_rows=1)
+    sharded = n >= GEMM_MIN_ROWS and is_sharded(xp, features, work_, gemm_rows=1)
     return work_ if sharded else None
 
 
@@ -53,11 +53,29 @@ def _shard_work(a, features: int, macs: int):
 # number of threads), ``gW = delta.T @ x`` by rows of gW. Measured on the
 # MLP 784-512-512-10 at batch 64, batch shards of 32 rows plus the weight gradients'
 # partial sums cost more than they saved (2 threads: 7.7 ms of CPU, 4.9 ms on the calling
-# thread vs 4.7 ms serial); feature shards too, unless large (WORK_DIVISOR).
+# thread vs 4.7 ms serial); feature shards too, unless large (WORK_DIVISOR). Under
+# ``--cpu-kernels numba`` the same feature shards run on Numba's threads (jit.linear), whose
+# hand-off is cheap enough for the whole work.
+def _product(A, B, split: str, n: int, macs: int):
+    """``A @ B`` (2-D, batch ``n``) in feature shards of its columns (``split="cols"``) or
+    rows ("rows"): compiled, on the engine's pool, or one serial GEMM."""
+    xp = get_array_module(A)
+    features = B.shape[1] if split == "cols" else A.shape[0]
+    if _jit_active(xp) and A.ndim == 2:
+        from ..jit import linear as _jit_linear
+        s = _jit_linear.shards(n, features, macs, A.dtype)
+        C = _jit_linear.matmul(A, B, split, s) if s else None
+        if C is not None:
+            return C
+    work_ = _shard_work(xp, n, features, macs) if A.ndim == 2 else None
+    if work_ is None:
+        return A @ B
+    return (_cpu.matmul_cols if split == "cols" else _cpu.matmul_rows)(A, B, work_)
+
+
 def linear_forward(x, W, b=None):
     """``y = x @ W.T + b``; x (n, in), W (out, in), b (out,) or None -> y (n, out)."""
-    work = _shard_work(x, W.shape[0], x.size * W.shape[0])
-    y = x @ W.T if work is None else _cpu.matmul_cols(x, W.T, work)
+    y = _product(x, W.T, "cols", x.shape[0], x.size * W.shape[0])
     if b is not None:
         y += b
     return y
@@ -65,14 +83,12 @@ def linear_forward(x, W, b=None):
 
 def linear_input_error(delta, M):
     """``delta_in = delta @ M``; delta (n, out'), M (out', in) -> (n, in)."""
-    work = _shard_work(delta, M.shape[1], delta.size * M.shape[1])
-    return delta @ M if work is None else _cpu.matmul_cols(delta, M, work)
+    return _product(delta, M, "cols", delta.shape[0], delta.size * M.shape[1])
 
 
 def linear_weight_grad(delta, x):
     """``gW = delta.T @ x``; delta (n, out'), x (n, in) -> (out', in)."""
-    work = _shard_work(delta, delta.shape[1], delta.size * x.shape[1])
-    return delta.T @ x if work is None else _cpu.matmul_rows(delta.T, x, work)
+    return _product(delta.T, x, "rows", delta.shape[0], delta.size * x.shape[1])
 
 
 def linear_bias_grad(delta):

@@ -43,25 +43,32 @@ from ..cpu.threads import block_bounds, map_blocks, map_shards
 from ..functional import batchnorm as _ref  # check_count
 
 
+# Every loop runs over a (rows, r, c) view of its rows sliced first: indices counted from 0
+# are known to be non-negative, so the loops carry no negative-index wrap-around test and
+# the channel loop vectorises (indexing F[i, j*c + ch] from range(lo, hi) ran 5x slower in
+# a comparable update loop, jit.optim).
+
+
 def _row_moments(F, lo, hi, c):
     """(n, mu, M2) over rows [lo, hi) of F, float64 (c,) each: rows merged one by one."""
     r = F.shape[1] // c
+    X = F[lo:hi].reshape(hi - lo, r, c)
     n = 0.0
     mu = np.zeros(c)
     M2 = np.zeros(c)
     mu_i = np.empty(c)
     q_i = np.empty(c)
-    for i in range(lo, hi):
+    for i in range(X.shape[0]):
         mu_i[:] = 0.0
         for j in range(r):
             for ch in range(c):
-                mu_i[ch] += F[i, j * c + ch]
+                mu_i[ch] += X[i, j, ch]
         for ch in range(c):
             mu_i[ch] /= r
         q_i[:] = 0.0
         for j in range(r):
             for ch in range(c):
-                d = F[i, j * c + ch] - mu_i[ch]
+                d = X[i, j, ch] - mu_i[ch]
                 q_i[ch] += d * d
         N = n + r
         for ch in range(c):
@@ -76,24 +83,28 @@ def _affine_rows(F, mu, s, t, y, lo, hi):
     """y[lo:hi] = (F[lo:hi] - mu) * s + t, per channel vectors of F's dtype."""
     c = mu.shape[0]
     r = F.shape[1] // c
-    for i in range(lo, hi):
+    X = F[lo:hi].reshape(hi - lo, r, c)
+    Y = y[lo:hi].reshape(hi - lo, r, c)
+    for i in range(X.shape[0]):
         for j in range(r):
             for ch in range(c):
-                y[i, j * c + ch] = (F[i, j * c + ch] - mu[ch]) * s[ch] + t[ch]
+                Y[i, j, ch] = (X[i, j, ch] - mu[ch]) * s[ch] + t[ch]
 
 
 def _error_sums(D, F, mu, lo, hi):
     """(sum D, sum D * (F - mu)) over rows [lo, hi), float64 (c,) each."""
     c = mu.shape[0]
     r = F.shape[1] // c
+    X = F[lo:hi].reshape(hi - lo, r, c)
+    E = D[lo:hi].reshape(hi - lo, r, c)
     sd = np.zeros(c)
     sdx = np.zeros(c)
-    for i in range(lo, hi):
+    for i in range(X.shape[0]):
         for j in range(r):
             for ch in range(c):
-                e = D[i, j * c + ch]
+                e = E[i, j, ch]
                 sd[ch] += e
-                sdx[ch] += e * (F[i, j * c + ch] - mu[ch])
+                sdx[ch] += e * (X[i, j, ch] - mu[ch])
     return sd, sdx
 
 
@@ -101,11 +112,13 @@ def _dx_rows(D, F, mu, a, b, k, dx, lo, hi):
     """dx[lo:hi] = k * (D - ((F - mu) * a + b)), per channel vectors of D's dtype."""
     c = mu.shape[0]
     r = F.shape[1] // c
-    for i in range(lo, hi):
+    X = F[lo:hi].reshape(hi - lo, r, c)
+    E = D[lo:hi].reshape(hi - lo, r, c)
+    G = dx[lo:hi].reshape(hi - lo, r, c)
+    for i in range(X.shape[0]):
         for j in range(r):
             for ch in range(c):
-                l = j * c + ch
-                dx[i, l] = k[ch] * (D[i, l] - ((F[i, l] - mu[ch]) * a[ch] + b[ch]))
+                G[i, j, ch] = k[ch] * (E[i, j, ch] - ((X[i, j, ch] - mu[ch]) * a[ch] + b[ch]))
 
 
 @functools.cache
@@ -140,6 +153,7 @@ def train_forward(F, r, gamma, beta, eps, reduce=None, shape=None):
     m : int, values per channel the statistics were taken over.
     """
     moments, affine, _, _ = _kernels()
+    F = np.ascontiguousarray(F)  # the loops' row views (a copy only for a strided 2-D input)
     g, L = F.shape
     c = L // r
     dt = F.dtype
@@ -168,6 +182,7 @@ def train_backward(D, F, mean, r, inv_std, gamma, m, reduce=None):
     process's sums; with ``reduce`` the ``dx`` uses their sums over the ranks.
     """
     _, _, sums, dx_rows = _kernels()
+    D, F = np.ascontiguousarray(D), np.ascontiguousarray(F)
     g = D.shape[0]
     dt = D.dtype
     parts = map_blocks(lambda run: [sums(D, F, mean, b.start, b.stop) for b in run],

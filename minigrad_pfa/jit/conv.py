@@ -43,15 +43,12 @@ took 32.4 / 26.9 / 21.6 ms against NumPy's 56.9 / 42.7 / 26.3 ms on one thread f
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import numpy as np
 
-from ..cpu.threads import GEMM_MACS_PER_ELEMENT, block_bounds, reapply_blas_limit, sum_blocks
-
-#: dtypes with a compiled path (BLAS's s- and d-gemm); others stay on the NumPy path
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT, block_bounds, sum_blocks
+from . import blas
 
 
 def _row_taps(xl, n, ph, pw, kw, colw, border):
@@ -75,7 +72,8 @@ def _row_taps(xl, n, ph, pw, kw, colw, border):
 
 
 def _make_kernels(gemm, dtype):
-    """The forward and weight-gradient loops compiled around one BLAS ``gemm`` (s or d).
+    """The forward and weight-gradient loops compiled around one BLAS ``gemm`` (s or d,
+    :mod:`.blas`).
 
     BLAS is column-major: a C-ordered (r, k) matrix is its (k, r) transpose there, so
     ``C = A @ B`` (row-major) is ``gemm('N', 'N', N, M, K, 1, B, N, A, K, beta, C, N)`` and
@@ -85,7 +83,7 @@ def _make_kernels(gemm, dtype):
     import numba
 
     taps = numba.njit(nogil=True)(_row_taps)
-    NN = np.frombuffer(b"NT", dtype=np.uint8)  # NN[0:] -> 'N', NN[1:] -> 'T'
+    NN = blas.TRANS  # NN[0:] -> 'N', NN[1:] -> 'T'
 
     def forward(xl, Wr, ph, pw, y):
         """y (m, P, oc) <- the convolution of xl (m, h, w, c) with Wr (kh, kw*c, oc)."""
@@ -138,19 +136,12 @@ def _kernels(dtype):
     Not cached on disk: the GEMM is a function pointer found when SciPy loads, which Numba
     does not save (compiling both takes about a second, once per process and dtype).
     """
-    from numba.extending import get_cython_function_address
-
-    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}[np.dtype(dtype)]
-    vp = ctypes.c_void_p
-    gemm = ctypes.CFUNCTYPE(None, *[vp] * 13)(
-        get_cython_function_address("scipy.linalg.cython_blas", name))
-    reapply_blas_limit()  # SciPy's BLAS may have loaded after the engine limited the others
-    return _make_kernels(gemm, np.dtype(dtype))
+    return _make_kernels(blas.gemm(dtype), np.dtype(dtype))
 
 
 def supports(dtype) -> bool:
     """True when arrays of ``dtype`` have a compiled path (float32, float64)."""
-    return np.dtype(dtype) in DTYPES
+    return blas.supports(dtype)
 
 
 def forward_rows(xl, Wr, padding, y3) -> None:

@@ -24,6 +24,7 @@ from typing import Iterable
 from ..backend import get_array_module
 from ..cpu.elementwise import update_chunks
 from ..functional.fused import kernels
+from ..jit import active as _jit_active
 from .base import Optimizer, _nonneg, _number
 
 
@@ -86,9 +87,15 @@ class SGD(Optimizer):
         first = mu != 0.0 and buf is None
         if first:  # filled by the first update; stored only once it is whole
             buf = xp.empty_like(w)
-        # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same bits)
-        for wq, gq, bq in update_chunks(xp, w, g, buf):
-            self._chain(xp, wq, gq, bq, first, lr, wd)
+        if _jit_active(xp) and _jit_optim().supports(w, g, buf):
+            # --cpu-kernels numba: the chain in one compiled pass (jit.optim; same bits)
+            _jit_optim().sgd_update(w, g, buf, lr, wd, mu, self.dampening, first,
+                                    self.nesterov)
+        else:
+            # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same
+            # bits)
+            for wq, gq, bq in update_chunks(xp, w, g, buf):
+                self._chain(xp, wq, gq, bq, first, lr, wd)
         if first:
             self.state[name]["momentum_buffer"] = buf
 
@@ -121,3 +128,9 @@ class SGD(Optimizer):
             w -= d
         else:
             w -= lr * d
+
+
+def _jit_optim():
+    """:mod:`minigrad_pfa.jit.optim`, imported when first used (it needs Numba)."""
+    from ..jit import optim
+    return optim

@@ -1,0 +1,134 @@
+"""A fully connected layer's GEMMs in feature shards on Numba's threads.
+
+Notation as in :mod:`minigrad_pfa.functional.linear`: n batch, x (n, in), W (out, in),
+delta (n, out'), M (out', in). Each product is ``C = A @ B`` (row-major, C (m, p)) cut into
+S shards of C's columns or rows, one per ``prange`` iteration (:mod:`.parallel`), each one
+BLAS call on its piece (:mod:`.blas`)::
+
+    forward          y        = x @ W.T       columns f of y:   y[:, f]  = x @ W[f].T
+    input error      delta_in = delta @ M     columns f:        ...[:, f] = delta @ M[:, f]
+    weight gradient  gW       = delta.T @ x   rows f of gW:     gW[f]    = delta[:, f].T @ x
+
+which are the cuts :func:`minigrad_pfa.cpu.elementwise.matmul_cols` / ``matmul_rows`` make
+on the engine's pool: the whole batch in every shard, so no partial sums. Transposed operands
+are read in place (BLAS's 'T' flag and leading dimension), never copied.
+
+Same numbers, float32 only. A float32 piece of C is the serial product's own: OpenBLAS
+computes an element of C with the same kernel and the same blocking of the inner dimension
+whichever columns or rows of C a call covers, as long as every piece keeps
+:data:`minigrad_pfa.cpu.threads.GEMM_MIN_ROWS` columns / rows and is not a "small" problem
+(:mod:`minigrad_pfa.cpu.threads`, "Same numbers with any T"). Measured here (SciPy's
+OpenBLAS 0.3.31, SkylakeX kernels; batch 8-256, 10-1000 features, every cut of at least
+4.2 M multiply-adds a piece): all 143 float32 two-piece cuts of the forward and the weight
+gradient, with cut points anywhere, gave the whole product's bits; float64 did not (514 of
+4632 cuts of the weight gradient by rows, 382 of 3182 by columns, at any alignment of the
+cut), so float64 products stay on the NumPy path. Tests compare the results with NumPy's
+one ``@`` bit for bit at 1, 2 and 3 threads.
+
+Cost. One region per product: on the Intel Xeon VM (2 vCPUs, December 2026) the forward of
+64 x 784 -> 512 took 980 us as NumPy's one GEMM, 856 us as one compiled call and 500 us in
+two shards; 64 x 512 -> 512 629 / 549 / 309 us (``python -m minigrad_pfa.bench.kernels
+--model mlp`` times whole steps). On the engine's pool the same two shards cost a helper's
+wake-up each (0.3-1 ms after the helper's virtual CPU halted), more than they saved, which
+is why the NumPy path shards an MLP's GEMMs only from 8x this work
+(:data:`minigrad_pfa.functional.linear.WORK_DIVISOR`).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, num_shards, shard_bounds
+from . import blas, parallel
+
+
+#: the dtype whose products are cut into compiled shards (see "Same numbers")
+DTYPE = np.dtype(np.float32)
+
+
+def _make_kernels(gemm, dtype):
+    """The piece and its two drivers (columns, rows) compiled around one BLAS ``gemm``."""
+    import numba
+
+    TR = blas.TRANS
+
+    @numba.njit(nogil=True)
+    def piece(ta, tb, m, p, k, A, lda, B, ldb, C, ldc):
+        # row-major C (m, p) = op(A) @ op(B) is column-major C.T = op(B).T @ op(A).T
+        ints = np.array([p, m, k, ldb, lda, ldc], np.int32)
+        one = np.ones(1, dtype)
+        zero = np.zeros(1, dtype)
+        gemm(TR[tb:].ctypes, TR[ta:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
+             ints[2:].ctypes, one.ctypes, B.ctypes, ints[3:].ctypes, A.ctypes,
+             ints[4:].ctypes, zero.ctypes, C.ctypes, ints[5:].ctypes)
+
+    @numba.njit(nogil=True, parallel=True)
+    def cols(A, B, C, ta, lda, tb, ldb, ldc, bounds):
+        """C[:, f] = A @ B[:, f] for the column shards f of ``bounds``."""
+        for s in numba.prange(bounds.shape[0] - 1):
+            f0, f1 = bounds[s], bounds[s + 1]
+            piece(ta, tb, C.shape[0], f1 - f0, A.shape[1], A, lda, B[:, f0:f1], ldb,
+                  C[:, f0:f1], ldc)
+
+    @numba.njit(nogil=True, parallel=True)
+    def rows(A, B, C, ta, lda, tb, ldb, ldc, bounds):
+        """C[f] = A[f] @ B for the row shards f of ``bounds``."""
+        for s in numba.prange(bounds.shape[0] - 1):
+            f0, f1 = bounds[s], bounds[s + 1]
+            piece(ta, tb, f1 - f0, C.shape[1], A.shape[1], A[f0:f1], lda, B, ldb,
+                  C[f0:f1], ldc)
+
+    return cols, rows
+
+
+@functools.cache
+def _kernels(dtype):
+    """(cols, rows) drivers for float32 or float64, compiled once per process."""
+    return _make_kernels(blas.gemm(dtype), np.dtype(dtype))
+
+
+def _operand(X):
+    """(trans, ld) of a 2-D operand X (r, c) for :func:`_make_kernels`' piece: 0 and its row
+    stride when its rows are contiguous, 1 and its column stride when its columns are (a
+    transposed view, read in place), None otherwise (the caller takes NumPy's path)."""
+    item = X.itemsize
+    r, c = X.shape
+    s0, s1 = X.strides
+    if (s1 == item or c == 1) and s0 % item == 0 and s0 // item >= max(1, c):
+        return 0, max(1, s0 // item)
+    if (s0 == item or r == 1) and s1 % item == 0 and s1 // item >= max(1, r):
+        return 1, max(1, s1 // item)
+    return None
+
+
+def shards(n: int, features: int, macs: int, dtype) -> int:
+    """S shards of a product's ``features`` on Numba's threads, or 0 when it stays on the
+    NumPy path: one engine thread, inside a pool shard or task, fewer than 2 shards by the
+    pool's rule with the whole work (``num_shards`` of ``macs`` / ``GEMM_MACS_PER_ELEMENT``,
+    :data:`GEMM_MIN_ROWS` features each), a batch under :data:`GEMM_MIN_ROWS` rows (NumPy's
+    matrix-vector path rounds otherwise), a dtype other than :data:`DTYPE`, or no thread-safe
+    threading layer."""
+    if n < GEMM_MIN_ROWS or np.dtype(dtype) != DTYPE:
+        return 0
+    s = num_shards(features, macs // GEMM_MACS_PER_ELEMENT, gemm_rows=1)
+    if s < 2:
+        return 0
+    s = min(s, parallel.max_threads())
+    return s if s >= 2 else 0
+
+
+def matmul(A, B, split: str, s: int):
+    """``A @ B`` (m, p) in ``s`` shards of its columns (``split="cols"``) or rows ("rows"),
+    one GEMM each on Numba's threads; C-contiguous like NumPy's result. None when an operand
+    has no BLAS layout (neither its rows nor its columns contiguous)."""
+    a, b = _operand(A), _operand(B)
+    if a is None or b is None or A.dtype != B.dtype:
+        return None
+    m, p = A.shape[0], B.shape[1]
+    C = np.empty((m, p), dtype=A.dtype)
+    cols, rows = _kernels(A.dtype)
+    parallel.use_threads(s)
+    bounds = parallel.bounds_array(shard_bounds(p if split == "cols" else m, s))
+    (cols if split == "cols" else rows)(A, B, C, a[0], a[1], b[0], b[1], max(1, p), bounds)
+    return C
