@@ -493,6 +493,10 @@ def test_dispatch_cost_and_op_scaling_report(capsys, monkeypatch):
             assert rc[name]["region_s"] >= 0.5 * rc["shard_s"]
             assert 0 <= rc[name]["helper_share"] <= 1  # a quick helper may take both
     assert cpu_threads.ThreadPoolExecutor is engine_executor  # the prototype is undone
+    rn = dispatch.numba_region_cost(2, calls=5, work_s=2e-5)  # Numba's threads, if any
+    if rn is not None:
+        assert rn["threads"] == 2
+        assert all(rn[name]["region_s"] >= 0.5 * rn["shard_s"] for name in ("hot", "cold"))
     tp = dispatch.threads_vs_processes(2, seconds=0.05)
     assert tp["alone_s"] > 0 and tp["threads_s"] > 0 and tp["processes_s"] > 0
     monkeypatch.setattr(dispatch, "SHAPES", [(4, 8, 4)])

@@ -8,7 +8,8 @@
   not taken), so this is the hot path;
 * :func:`region_cost`: what a region with work costs beyond one shard, back to back and
   after 1 ms of idling (a sleeping helper must be woken), on the engine's pool and on the
-  prototype pool whose helpers spin (:mod:`.spinpool`);
+  prototype pool whose helpers spin (:mod:`.spinpool`); :func:`numba_region_cost`: the
+  same for a compiled region on Numba's threads (:mod:`minigrad_pfa.jit.parallel`);
 * :func:`threads_vs_processes`: T threads of one process each running a one-thread
   ResNet-20 first-stage convolution forward (half a batch of 128) against T processes
   doing the same: what sharing the interpreter lock costs a sharded step;
@@ -99,6 +100,55 @@ def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e
             out[name] = {"region_s": med, "overhead_s": med - shard_s,
                          "helper_share": helped[0] / (calls * t)}
     return out
+
+
+def numba_region_cost(threads: int | None = None, calls: int = 200,
+                      work_s: float = 2e-4) -> dict | None:
+    """:func:`region_cost` for a compiled region on Numba's own threads (the OpenMP workers
+    of :mod:`minigrad_pfa.jit.parallel`, which spin a while after a region): T shards of a
+    compiled multiply of about ``work_s`` each, hot and cold. None without Numba or without
+    a thread-safe threading layer."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    from ..jit import parallel
+    t = min(threads or usable_cores(), parallel.max_threads())
+    if t < 2:
+        return None
+
+    @numba.njit(nogil=True)
+    def one(a, out):
+        for i in range(a.shape[0]):
+            out[i] = a[i] * np.float32(1.0001)
+
+    @numba.njit(nogil=True, parallel=True)
+    def region(a, out):
+        for k in numba.prange(a.shape[0]):
+            one(a[k], out[k])
+
+    n = 1 << 14
+    while True:  # size the work to about work_s
+        a, out = np.ones((t, n), np.float32), np.empty((t, n), np.float32)
+        one(a[0], out[0])
+        if _fifth(lambda: one(a[0], out[0]), 50) >= work_s or n >= 1 << 26:
+            break
+        n *= 2
+    shard_s = statistics.median([_fifth(lambda: one(a[0], out[0]), 20) for _ in range(5)])
+    parallel.use_threads(t)
+    region(a, out)
+    res = {"threads": t, "shard_s": shard_s}
+    for name, pause in (("hot", 0.0), ("cold", 1e-3)):
+        times = []
+        for _ in range(calls):
+            if pause:
+                time.sleep(pause)
+            a0 = time.perf_counter()
+            region(a, out)
+            times.append(time.perf_counter() - a0)
+        med = statistics.median(times)
+        res[name] = {"region_s": med, "overhead_s": med - shard_s}
+    return res
 
 
 def _conv_forward_times(seconds: float) -> list[float]:
@@ -203,6 +253,16 @@ def main(argv=None) -> int:
                   f"{what}: {v['region_s'] * 1e6:.0f} us ({v['overhead_s'] * 1e6:.0f} us "
                   f"beyond one shard), helpers ran {100 * v['helper_share']:.0f}% of the "
                   f"shards")
+    r = numba_region_cost(T)
+    for name, what in (("hot", "back to back"), ("cold", "after 1 ms idle")):
+        if r is None:
+            print("Numba's threads: not measured (Numba, or a thread-safe threading layer, "
+                  "is missing)")
+            break
+        v = r[name]
+        print(f"Numba's threads (jit.parallel): a compiled region of {r['threads']} shards "
+              f"of {r['shard_s'] * 1e6:.0f} us each, {what}: {v['region_s'] * 1e6:.0f} us "
+              f"({v['overhead_s'] * 1e6:.0f} us beyond one shard)")
     r = threads_vs_processes(T)
     print(f"a one-thread conv forward (64 x 16 x 32 x 32, 3x3): alone "
           f"{r['alone_s'] * 1e3:.2f} ms, in each of {T} threads "

@@ -17,7 +17,8 @@ interleaved rounds, each timing every (T, K) back to back, so a change of the ma
 falls into both sides of a ratio. The op part does the same for the training batch norm of
 ResNet-20's three stages at batch 128 (channels-last float32 (128, c, s, s) for
 (c, s) = (16, 32), (32, 16), (64, 8)), and for their 3x3 stride-1 convolutions (forward,
-weight gradient and input error, c -> c channels).
+weight gradient and input error, c -> c channels), and for one SGD step of a parameter
+(:data:`SGD_SIZES`).
 
     python -m minigrad_pfa.bench.kernels [--model resnet20] [--batch 128] [--rounds 3]
 """
@@ -28,6 +29,10 @@ import time
 
 #: ResNet-20's batch-norm (and 3x3 convolution) inputs per stage, (channels, side)
 STAGES = ((16, 32), (32, 16), (64, 8))
+
+#: parameter sizes of the SGD step measured: the MLP 784-512-512-10's first layer and
+#: ResNet-20's largest convolution (64 x 64 x 3 x 3)
+SGD_SIZES = (401408, 36864)
 
 
 def _bn_work(c: int, side: int, batch: int):
@@ -63,6 +68,19 @@ def _conv_work(c: int, side: int, batch: int):
         F_conv.conv2d_weight_grad(d, cache)
         F_conv.conv2d_input_error(d, W, x.shape, 1, 1)
     return work
+
+
+def _sgd_work(size: int):
+    """A closure running one SGD step (momentum 0.9, weight decay 5e-4) of one float32
+    parameter of ``size`` elements with a fixed gradient."""
+    import numpy as np
+
+    from ..nn.module import Parameter
+    from ..optim.sgd import SGD
+    p = Parameter(np.random.default_rng(0).standard_normal(size).astype(np.float32))
+    p.grad = np.full(size, 1e-3, np.float32)
+    opt = SGD([("w", p)], lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    return opt.step
 
 
 def _interleaved(works: dict, threads: list, rounds: int, reps: int) -> dict:
@@ -118,6 +136,8 @@ def compare(model: str = "resnet20", batch: int = 128, rounds: int = 3, steps: i
             cv = {f"Conv 3x3 fwd+wgrad+dx ({batch}, {c}, {s}, {s})": _conv_work(c, s, batch)
                   for c, s in STAGES}
             res.update(_interleaved(cv, counts, rounds, 5))
+            sgd = {f"SGD step, {n_} float32 parameters": _sgd_work(n_) for n_ in SGD_SIZES}
+            res.update(_interleaved(sgd, counts, rounds, 50))
     rows = []
     for (name, t, k), _ in res.items():
         if k != "numpy":
