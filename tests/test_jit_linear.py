@@ -60,6 +60,15 @@ def test_linear_products_have_numpys_serial_bits_on_any_thread_count(shape, monk
             assert a.flags.c_contiguous and np.array_equal(a, b)
 
 
+def test_float32_pieces_round_like_the_whole_product():
+    """The premise of the compiled shards (``python -m minigrad_pfa.bench.pieces`` surveys a
+    larger grid): float32 two-piece cuts of every product equal the whole, bit for bit."""
+    from minigrad_pfa.bench import pieces
+    res = pieces.survey(np.float32, batches=(16, 64), ins=(300, 784), outs=(200, 512))
+    assert all(n > 0 for n, _ in res.values()), res  # every product had cuts to compare
+    assert all(bad == 0 for _, bad in res.values()), res
+
+
 def test_float64_strided_and_one_thread_products_stay_on_numpy(monkeypatch):
     """float64 pieces were measured to round differently from the whole: not compiled;
     nor is an operand with neither axis contiguous, nor anything on one thread."""

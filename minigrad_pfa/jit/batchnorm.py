@@ -45,8 +45,8 @@ from ..functional import batchnorm as _ref  # check_count
 
 # Every loop runs over a (rows, r, c) view of its rows sliced first: indices counted from 0
 # are known to be non-negative, so the loops carry no negative-index wrap-around test and
-# the channel loop vectorises (indexing F[i, j*c + ch] from range(lo, hi) ran 5x slower in
-# a comparable update loop, jit.optim).
+# the channel loop vectorises (F[i, j*c + ch] indexed from range(lo, hi) gave 1.2-1.6x
+# NumPy's speed, this 1.8-2.0x: minigrad_pfa.jit's docstring).
 
 
 def _row_moments(F, lo, hi, c):

@@ -17,21 +17,23 @@ Same numbers, float32 only. A float32 piece of C is the serial product's own: Op
 computes an element of C with the same kernel and the same blocking of the inner dimension
 whichever columns or rows of C a call covers, as long as every piece keeps
 :data:`minigrad_pfa.cpu.threads.GEMM_MIN_ROWS` columns / rows and is not a "small" problem
-(:mod:`minigrad_pfa.cpu.threads`, "Same numbers with any T"). Measured here (SciPy's
-OpenBLAS 0.3.31, SkylakeX kernels; batch 8-256, 10-1000 features, every cut of at least
-4.2 M multiply-adds a piece): all 143 float32 two-piece cuts of the forward and the weight
-gradient, with cut points anywhere, gave the whole product's bits; float64 did not (514 of
-4632 cuts of the weight gradient by rows, 382 of 3182 by columns, at any alignment of the
-cut), so float64 products stay on the NumPy path. Tests compare the results with NumPy's
+(:mod:`minigrad_pfa.cpu.threads`, "Same numbers with any T"). ``python -m
+minigrad_pfa.bench.pieces`` checks it over batch 8-256 and 10-1000 features, every
+two-piece cut at a multiple of 8 whose smaller piece has at least 4.2 M multiply-adds (SciPy's
+OpenBLAS 0.3.31, SkylakeX kernels, Intel Xeon VM): no float32 cut of any product differed
+from the whole (0 of 1239 forward, 1003 input-error, 1239 + 1003 weight-gradient cuts);
+float64 ones did (119 of 1003 input-error cuts, 271 of 1239 weight-gradient row cuts), so
+float64 products stay on the NumPy path. Tests compare the compiled results with NumPy's
 one ``@`` bit for bit at 1, 2 and 3 threads.
 
-Cost. One region per product: on the Intel Xeon VM (2 vCPUs, December 2026) the forward of
-64 x 784 -> 512 took 980 us as NumPy's one GEMM, 856 us as one compiled call and 500 us in
-two shards; 64 x 512 -> 512 629 / 549 / 309 us (``python -m minigrad_pfa.bench.kernels
---model mlp`` times whole steps). On the engine's pool the same two shards cost a helper's
-wake-up each (0.3-1 ms after the helper's virtual CPU halted), more than they saved, which
-is why the NumPy path shards an MLP's GEMMs only from 8x this work
-(:data:`minigrad_pfa.functional.linear.WORK_DIVISOR`).
+Cost. One region per product. On the engine's pool two shards cost a helper's wake-up
+each, more than they save at an MLP's sizes, which is why the NumPy path shards an MLP's
+GEMMs only from 8x this work (:data:`minigrad_pfa.functional.linear.WORK_DIVISOR`); on
+Numba's threads a region of two 280 us shards took 295 us back to back (``python -m
+minigrad_pfa.bench.dispatch``, Intel Xeon VM, 2 vCPUs, December 2026). Whole MLP
+784-512-512-10 BP steps at batch 64 with these products and :mod:`.optim`'s SGD (``python -m
+minigrad_pfa.bench.kernels --model mlp --batch 64 --rounds 4 --steps 50 --no-ops``): 1 thread
+NumPy 6.9 ms, Numba 6.0 ms; 2 threads 7.0 against 4.2 ms (1.65x).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import functools
 
 import numpy as np
 
-from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, num_shards, shard_bounds
+from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, num_shards
 from . import blas, parallel
 
 
@@ -118,6 +120,13 @@ def shards(n: int, features: int, macs: int, dtype) -> int:
     return s if s >= 2 else 0
 
 
+def _bounds(size: int, s: int, align: int = GEMM_MIN_ROWS) -> np.ndarray:
+    """a_0 = 0 < a_1 < ... < a_S = size: S near-equal pieces cut at multiples of ``align``
+    (the cuts ``python -m minigrad_pfa.bench.pieces`` checked); fewer if ``size`` is short."""
+    cuts = sorted({(k * size // s) // align * align for k in range(1, s)} - {0})
+    return np.array([0] + [c for c in cuts if c < size] + [size], dtype=np.int64)
+
+
 def matmul(A, B, split: str, s: int):
     """``A @ B`` (m, p) in ``s`` shards of its columns (``split="cols"``) or rows ("rows"),
     one GEMM each on Numba's threads; C-contiguous like NumPy's result. None when an operand
@@ -129,6 +138,6 @@ def matmul(A, B, split: str, s: int):
     C = np.empty((m, p), dtype=A.dtype)
     cols, rows = _kernels(A.dtype)
     parallel.use_threads(s)
-    bounds = parallel.bounds_array(shard_bounds(p if split == "cols" else m, s))
+    bounds = _bounds(p if split == "cols" else m, s)
     (cols if split == "cols" else rows)(A, B, C, a[0], a[1], b[0], b[1], max(1, p), bounds)
     return C

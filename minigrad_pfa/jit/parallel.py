@@ -22,14 +22,16 @@ NumPy operations on the engine's pool (ReLU, residual additions, strided convolu
 a spinning OpenMP worker holds the core the pool's helper wakes up on (ResNet-20 BP on
 2 threads, Numba's threads and the pool alternating in one process, pool / Numba time per
 round: batch 128 0.64-0.92, batch 32 0.78-1.70; ``OMP_WAIT_POLICY=passive`` 0.91-1.15;
-15-35 % of the VM's time stolen by its host meanwhile).
+15-35 % of the VM's time stolen by its host meanwhile; again once the batch-norm loops were
+vectorised: batch 128 0.73-1.26, batch 32 0.79-0.98. The drivers were a prototype, not kept).
 
 Threading layer. Regions can start from two Python threads at once (a deferred gradient
 task of :mod:`minigrad_pfa.cpu.overlap` beside the main thread); Numba's ``workqueue``
 layer aborts the process on that, so the layer must be ``threadsafe`` (OpenMP or TBB).
 When neither loads, :func:`layer` is None and the callers keep the NumPy path (same
 numbers), with a warning that names the fix. GNU OpenMP is not fork-safe: a process that
-forks after a compiled region must not run one in the child (the engine forks nothing).
+forks after a compiled region must not run one in the child (the engine's runs fork
+nothing; ``bench.dispatch``'s forked workers run NumPy convolutions only).
 """
 from __future__ import annotations
 
