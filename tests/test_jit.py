@@ -200,10 +200,42 @@ def test_kernels_benchmark_compares_both_in_one_run():
     lines = []
     rows = bk.compare("mlp", batch=8, rounds=2, steps=1, threads=2, log=lines.append)
     works = {r["work"] for r in rows}
-    assert len(works) == 1 + 2 * len(bk.STAGES) + len(bk.SGD_SIZES)
+    assert len(works) == 1 + 3 * len(bk.STAGES) + len(bk.SGD_SIZES)
     assert {r["threads"] for r in rows} == {1, 2}
     for r in rows:
         assert r["numpy_s"] > 0 and r["numba_s"] > 0 and len(r["round_speedups"]) == 2
         assert r["verdict"] in ("faster", "slower", "no difference")
     assert len(lines) == len(rows)
     assert jit.get_cpu_kernels() == "numpy" and cpu.get_threads() == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["channels-last", "C", "fortran-2d", "strided"])
+def test_compiled_relu_has_numpys_bits(dtype, layout, monkeypatch):
+    """One compiled pass each way gives NumPy's maximum / greater / multiply bits (NaN,
+    infinities, signed zeros included) in the input's layout, on 1 and 2 threads; a strided
+    input (no dense block) takes NumPy's path."""
+    from minigrad_pfa.functional import activation as F_act
+    from minigrad_pfa.jit import activation as jit_act
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((32, 16, 6, 6) if layout != "fortran-2d" else (33, 100))
+    x.flat[:20] = [np.nan, -0.0, 0.0, np.inf, -np.inf] * 4
+    x = {"channels-last": lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+         .transpose(0, 3, 1, 2), "C": lambda a: a, "fortran-2d": np.asfortranarray,
+         "strided": lambda a: a[:, ::2]}[layout](x.astype(dtype))
+    dy = np.empty_like(x)
+    dy[...] = rng.standard_normal(x.shape)
+    dy.flat[:5] = [np.nan, -0.0, 0.0, np.inf, -3.0]
+    ref_y, ref_m = F_act.relu_forward(x)
+    ref_dx = F_act.relu_backward(dy, ref_m)
+    calls = []
+    real = jit_act.relu_forward
+    monkeypatch.setattr(jit_act, "relu_forward", lambda a: (calls.append(1), real(a))[1])
+    for t in (1, 2):
+        calls.clear()
+        with jit.using_cpu_kernels("numba"), cpu.using_threads(t, min_rows=1, min_elements=1):
+            y, m = F_act.relu_forward(x)
+            dx = F_act.relu_backward(dy, m)
+        assert len(calls) == (0 if layout == "strided" else 1)
+        for a, b in ((y, ref_y), (m, ref_m), (dx, ref_dx)):
+            assert a.strides == b.strides and a.tobytes(order="A") == b.tobytes(order="A")

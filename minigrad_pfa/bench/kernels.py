@@ -17,8 +17,8 @@ interleaved rounds, each timing every (T, K) back to back, so a change of the ma
 falls into both sides of a ratio. The op part does the same for the training batch norm of
 ResNet-20's three stages at batch 128 (channels-last float32 (128, c, s, s) for
 (c, s) = (16, 32), (32, 16), (64, 8)), and for their 3x3 stride-1 convolutions (forward,
-weight gradient and input error, c -> c channels), and for one SGD step of a parameter
-(:data:`SGD_SIZES`).
+weight gradient and input error, c -> c channels) and ReLUs, and for one SGD step of a
+parameter (:data:`SGD_SIZES`).
 
     python -m minigrad_pfa.bench.kernels [--model resnet20] [--batch 128] [--rounds 3]
 """
@@ -67,6 +67,21 @@ def _conv_work(c: int, side: int, batch: int):
         _, cache = F_conv.conv2d_forward(x, W, None, 1, 1)
         F_conv.conv2d_weight_grad(d, cache)
         F_conv.conv2d_input_error(d, W, x.shape, 1, 1)
+    return work
+
+
+def _relu_work(c: int, side: int, batch: int):
+    """A closure running one ReLU forward + backward on fixed channels-last data."""
+    import numpy as np
+
+    from ..functional import activation as F_act
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+    dy = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+
+    def work():
+        _, mask = F_act.relu_forward(x)
+        F_act.relu_backward(dy, mask)
     return work
 
 
@@ -136,6 +151,9 @@ def compare(model: str = "resnet20", batch: int = 128, rounds: int = 3, steps: i
             cv = {f"Conv 3x3 fwd+wgrad+dx ({batch}, {c}, {s}, {s})": _conv_work(c, s, batch)
                   for c, s in STAGES}
             res.update(_interleaved(cv, counts, rounds, 5))
+            relu = {f"ReLU fwd+bwd ({batch}, {c}, {s}, {s})": _relu_work(c, s, batch)
+                    for c, s in STAGES}
+            res.update(_interleaved(relu, counts, rounds, 10))
             sgd = {f"SGD step, {n_} float32 parameters": _sgd_work(n_) for n_ in SGD_SIZES}
             res.update(_interleaved(sgd, counts, rounds, 50))
     rows = []

@@ -20,14 +20,15 @@ are *not* the NumPy path's bits (they accumulate in float64 and keep other tempo
 tests compare the two to a tolerance and each with itself across thread counts.
 
 Where: only NumPy arrays (CuPy has its own fused kernels, :mod:`minigrad_pfa.functional.fused`).
-What is compiled: the training batch norm (:mod:`.batchnorm`); the stride-1 convolutions
+What is compiled: the training batch norm (:mod:`.batchnorm`); ReLU forward and backward
+(:mod:`.activation`, one pass each, NumPy's bits); the stride-1 convolutions
 with a kernel wider than 1x1 (:mod:`.conv`: forward, the input error that is a forward of
 the error, the weight gradient), where per sample the row taps are built in cache and handed
 to BLAS's GEMM (:mod:`.blas`), accumulating over the kernel rows in the result, all in one
 call per shard without the lock; the fully connected layers' float32 GEMMs in feature shards
 (:mod:`.linear`) and SGD's update chain in one pass (:mod:`.optim`), these two on Numba's own
 threads (:mod:`.parallel`), whose hand-off is cheaper than the engine pool's. Everything else
-(strided and 1x1 convolutions, ReLU, pooling, the rules' feedback convolutions, other
+(strided and 1x1 convolutions, pooling, the rules' feedback convolutions, other
 optimizers) runs the NumPy path. ``python -m minigrad_pfa.bench.kernels`` times both
 choices side by side (interleaved rounds in one process), for whole steps (``--model
 resnet20`` or ``mlp``) and for ResNet-20's batch norms and convolutions alone; ``bench
