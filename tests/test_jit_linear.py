@@ -157,3 +157,39 @@ def test_mlp_trains_to_the_same_bits_with_either_kernels(name, spec):
     ref, got = run("numpy", 1), run("numba", 2)
     for k in ref:
         assert np.array_equal(got[k], ref[k]), k
+
+
+@needs_layer
+def test_a_one_column_product_stays_on_numpy():
+    """A one-column result (NumPy: gemv) rounds differently from gemm pieces: the compiled
+    path leaves it to NumPy (a layer with one input feature's weight gradient)."""
+    rng = np.random.default_rng(3)
+    d = rng.standard_normal((1024, 8192)).astype(np.float32)
+    x = rng.standard_normal((1024, 1)).astype(np.float32)
+    with cpu.using_threads(1):
+        ref = F_lin.linear_weight_grad(d, x)
+    with jit.using_cpu_kernels("numba"), cpu.using_threads(2):
+        assert np.array_equal(F_lin.linear_weight_grad(d, x), ref)
+
+
+@pytest.mark.parametrize("change", ["momentum 1e-46", "weight decay 1e-46 on inf",
+                                    "momentum set as np.float64"])
+def test_compiled_sgd_matches_numpy_on_odd_hyperparameters(change):
+    """Hyper-parameters that vanish in float32, and a NumPy scalar set after construction,
+    take the NumPy chain's branches and precision on both paths."""
+    def run(kernels):
+        rng = np.random.default_rng(8)
+        p = Parameter(rng.standard_normal(1000).astype(np.float32))
+        if "inf" in change:
+            p.data[0] = np.inf  # NumPy's chain: inf * lam = inf, not skipped
+        opt = SGD([("w", p)], lr=0.1, momentum=1e-46 if change == "momentum 1e-46" else 0.9,
+                  weight_decay=1e-46 if "weight decay" in change else 0.0)
+        if change == "momentum set as np.float64":
+            opt.momentum = np.float64(0.9)
+        with jit.using_cpu_kernels(kernels), np.errstate(invalid="ignore"):
+            for _ in range(3):
+                p.grad = rng.standard_normal(1000).astype(np.float32)
+                opt.step()
+        return p.data, opt.state["w"].get("momentum_buffer")
+    for a, b in zip(run("numba"), run("numpy")):
+        assert a.tobytes() == b.tobytes()

@@ -1,8 +1,12 @@
 """BLAS's GEMM as a C function that compiled code calls without the GIL.
 
-SciPy exports its BLAS (``scipy.linalg.cython_blas``; on the PyPI wheels the same OpenBLAS
-kernels as NumPy's) as C function pointers, which Numba calls through ctypes from
-``nogil`` functions. The Fortran interface takes every argument by pointer::
+SciPy exports its BLAS (``scipy.linalg.cython_blas``) as C function pointers, which Numba
+calls through ctypes from ``nogil`` functions. It is SciPy's own library, not NumPy's: on the
+PyPI wheels both are OpenBLAS builds (here SciPy's 0.3.30 with 32-bit indices beside NumPy's
+0.3.31 with 64-bit ones, the same SkylakeX kernels), and where a compiled path promises
+NumPy's bits (:mod:`.linear`) the tests compare the two on the installed pair; another pair
+(a conda or MKL NumPy) may round differently, which tests/test_jit_linear.py would show.
+The Fortran interface takes every argument by pointer::
 
     gemm(transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
     C (m, n) = alpha * op(A) @ op(B) + beta * C            (column-major, op: 'N' or 'T')

@@ -20,7 +20,7 @@ whichever columns or rows of C a call covers, as long as every piece keeps
 (:mod:`minigrad_pfa.cpu.threads`, "Same numbers with any T"). ``python -m
 minigrad_pfa.bench.pieces`` checks it over batch 8-256 and 10-1000 features, every
 two-piece cut at a multiple of 8 whose smaller piece has at least 4.2 M multiply-adds (SciPy's
-OpenBLAS 0.3.31, SkylakeX kernels, Intel Xeon VM): no float32 cut of any product differed
+OpenBLAS 0.3.30, SkylakeX kernels, Intel Xeon VM): no float32 cut of any product differed
 from the whole (0 of 1239 forward, 1003 input-error, 1239 + 1003 weight-gradient cuts);
 float64 ones did (119 of 1003 input-error cuts, 271 of 1239 weight-gradient row cuts), so
 float64 products stay on the NumPy path. Tests compare the compiled results with NumPy's
@@ -129,12 +129,16 @@ def _bounds(size: int, s: int, align: int = GEMM_MIN_ROWS) -> np.ndarray:
 
 def matmul(A, B, split: str, s: int):
     """``A @ B`` (m, p) in ``s`` shards of its columns (``split="cols"``) or rows ("rows"),
-    one GEMM each on Numba's threads; C-contiguous like NumPy's result. None when an operand
-    has no BLAS layout (neither its rows nor its columns contiguous)."""
+    one GEMM each on Numba's threads; C-contiguous like NumPy's result. None (the caller
+    takes NumPy's path) when an operand has no BLAS layout (neither its rows nor its columns
+    contiguous) and for a result of one row or column."""
     a, b = _operand(A), _operand(B)
-    if a is None or b is None or A.dtype != B.dtype:
-        return None
     m, p = A.shape[0], B.shape[1]
+    # NumPy takes gemv for a one-row or one-column result, which rounds differently from
+    # gemm pieces
+    if a is None or b is None or A.dtype != B.dtype or m == 1 or p == 1 or \
+            max(m, p, A.shape[1], a[1], b[1]) >= 2 ** 31:  # SciPy's BLAS takes 32-bit ints
+        return None
     C = np.empty((m, p), dtype=A.dtype)
     cols, rows = _kernels(A.dtype)
     parallel.use_threads(s)

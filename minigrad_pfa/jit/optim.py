@@ -34,18 +34,20 @@ from . import parallel
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _sgd_rows(p, g, buf, lr, lam, mu, c, first, nesterov, damp, lo, hi):
-    """The update of elements lo .. hi-1 (``buf`` ignored when mu == 0)."""
+def _sgd_rows(p, g, buf, lr, lam, mu, c, decay, momentum, first, nesterov, damp, lo, hi):
+    """The update of elements lo .. hi-1 (``buf`` ignored without ``momentum``). ``decay``
+    and ``momentum`` say whether lam and mu are non-zero *as given* (a float that rounds to
+    0 in float32 still takes its branch, as in NumPy's chain)."""
     # sliced first: an index counted from 0 is known to be non-negative, so the loop has no
     # negative-index wrap-around test and vectorises (range(lo, hi) ran 5x slower here)
     p, g = p[lo:hi], g[lo:hi]
-    if mu != 0:
+    if momentum:
         buf = buf[lo:hi]
     for i in range(p.shape[0]):
         d = g[i]
-        if lam != 0:
+        if decay:
             d = p[i] * lam + g[i]
-        if mu != 0:
+        if momentum:
             if first:
                 b = d
             elif damp:
@@ -65,9 +67,10 @@ def _kernels():
     rows = numba.njit(nogil=True, cache=True)(_sgd_rows)
 
     @numba.njit(nogil=True, parallel=True, cache=True)
-    def shards(p, g, buf, lr, lam, mu, c, first, nesterov, damp, bounds):
+    def shards(p, g, buf, lr, lam, mu, c, decay, momentum, first, nesterov, damp, bounds):
         for k in numba.prange(bounds.shape[0] - 1):
-            rows(p, g, buf, lr, lam, mu, c, first, nesterov, damp, bounds[k], bounds[k + 1])
+            rows(p, g, buf, lr, lam, mu, c, decay, momentum, first, nesterov, damp,
+                 bounds[k], bounds[k + 1])
 
     return rows, shards
 
@@ -95,8 +98,9 @@ def sgd_update(p, g, buf, lr, lam, mu, tau, first, nesterov) -> None:
     t = p.dtype.type
     pf, gf = p.reshape(-1), g.reshape(-1)
     bf = pf[:0] if buf is None else buf.reshape(-1)  # an empty stand-in (mu == 0)
-    args = (pf, gf, bf, t(lr), t(lam), t(mu), t(1.0 - tau), bool(first), bool(nesterov),
-            tau != 0.0)
+    lr, lam, mu, tau = float(lr), float(lam), float(mu), float(tau)
+    args = (pf, gf, bf, t(lr), t(lam), t(mu), t(1.0 - tau), lam != 0.0, mu != 0.0, bool(first),
+            bool(nesterov), tau != 0.0)
     n = pf.shape[0]
     s = parallel.num_shards(n, n)
     if s == 1:

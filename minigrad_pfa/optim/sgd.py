@@ -77,7 +77,9 @@ class SGD(Optimizer):
 
     def _update(self, name, w, g, lr, wd):
         xp = get_array_module(w)
-        mu = self.momentum
+        # Python floats, as step() does for lr and wd: a NumPy scalar set on the optimizer
+        # after construction would promote the float32 chain to float64 (NEP 50)
+        mu = float(self.momentum)
         fused = kernels(xp)
         buf = self._array_state(name, "momentum_buffer", w) if mu != 0.0 else None
         if fused is not None and buf is not None and self.dampening == 0.0:
@@ -89,7 +91,7 @@ class SGD(Optimizer):
             buf = xp.empty_like(w)
         if _jit_active(xp) and _jit_optim().supports(w, g, buf):
             # --cpu-kernels numba: the chain in one compiled pass (jit.optim; same bits)
-            _jit_optim().sgd_update(w, g, buf, lr, wd, mu, self.dampening, first,
+            _jit_optim().sgd_update(w, g, buf, lr, wd, mu, float(self.dampening), first,
                                     self.nesterov)
         else:
             # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same
@@ -102,7 +104,7 @@ class SGD(Optimizer):
     def _chain(self, xp, w, g, buf, first: bool, lr: float, wd: float) -> None:
         """The update of the notation block on one piece (``buf``: None without momentum;
         ``first``: its first step, ``buf`` to be filled)."""
-        mu = self.momentum
+        mu, tau = float(self.momentum), float(self.dampening)
         # ``d`` is either the caller's gradient (never written to) or a scratch array
         # owned here, which may then be modified in place.
         if wd != 0.0:
@@ -116,7 +118,7 @@ class SGD(Optimizer):
                 buf[...] = d            # buf = d (no dampening on the first step)
             else:
                 buf *= mu
-                buf += d if self.dampening == 0.0 else (1.0 - self.dampening) * d
+                buf += d if tau == 0.0 else (1.0 - tau) * d
             if self.nesterov:
                 step_dir = mu * buf
                 step_dir += d           # d + mu * buf
