@@ -67,16 +67,9 @@ def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e
     import threading
 
     t = threads or usable_cores()
-    n = 1 << 14
-    while True:  # size the work to about work_s
-        a, out = np.ones(n, np.float32), np.empty(n, np.float32)
-        if _fifth(lambda: np.multiply(a, 1.0001, out=out), 50) >= work_s or n >= 1 << 26:
-            break
-        n *= 2
-    arrays = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(t)]
-    shard_s = statistics.median(
-        [_fifth(lambda: np.multiply(arrays[0][0], 1.0001, out=arrays[0][1]), 20)
-         for _ in range(5)])
+    arrays, shard_s = _sized_work(
+        lambda n: [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(t)],
+        lambda arrs: np.multiply(arrs[0][0], 1.0001, out=arrs[0][1]), work_s)
     caller, helped, lock = threading.get_ident(), [0], threading.Lock()
 
     def shard(sl):
@@ -88,18 +81,39 @@ def region_cost(threads: int | None = None, calls: int = 200, work_s: float = 2e
     out = {"threads": t, "shard_s": shard_s, "spinning": spinning}
     with (spinning_pools() if spinning else nullcontext()), \
             using_threads(t, min_rows=1, min_elements=1):
-        for name, pause in (("hot", 0.0), ("cold", 1e-3)):
-            times, helped[0] = [], 0
-            for _ in range(calls):
-                if pause:
-                    time.sleep(pause)
-                a0 = time.perf_counter()
-                map_shards(shard, t)
-                times.append(time.perf_counter() - a0)
-            med = statistics.median(times)
+        for name, med in _hot_cold(lambda: map_shards(shard, t), calls,
+                                   lambda: helped.__setitem__(0, 0)):
             out[name] = {"region_s": med, "overhead_s": med - shard_s,
                          "helper_share": helped[0] / (calls * t)}
     return out
+
+
+def _sized_work(make, one, work_s: float):
+    """(``make(n)``, one call's time) for the smallest n = 2^14 .. 2^26 whose ``one(make(n))``
+    (the work of one shard, on this thread) takes about ``work_s``."""
+    n = 1 << 14
+    while True:
+        data = make(n)
+        if _fifth(lambda: one(data), 50) >= work_s or n >= 1 << 26:
+            break
+        n *= 2
+    return data, statistics.median([_fifth(lambda: one(data), 20) for _ in range(5)])
+
+
+def _hot_cold(region, calls: int, reset=lambda: None):
+    """[("hot", median s), ("cold", median s)] of ``calls`` calls of ``region``, back to back
+    and after 1 ms idle each; ``reset()`` runs before each setting (counters), and the
+    caller reads them before the next setting starts (a generator)."""
+    for name, pause in (("hot", 0.0), ("cold", 1e-3)):
+        reset()
+        times = []
+        for _ in range(calls):
+            if pause:
+                time.sleep(pause)
+            a0 = time.perf_counter()
+            region()
+            times.append(time.perf_counter() - a0)
+        yield name, statistics.median(times)
 
 
 def numba_region_cost(threads: int | None = None, calls: int = 200,
@@ -127,28 +141,14 @@ def numba_region_cost(threads: int | None = None, calls: int = 200,
         for k in numba.prange(a.shape[0]):
             one(a[k], out[k])
 
-    n = 1 << 14
-    while True:  # size the work to about work_s
-        a, out = np.ones((t, n), np.float32), np.empty((t, n), np.float32)
-        one(a[0], out[0])
-        if _fifth(lambda: one(a[0], out[0]), 50) >= work_s or n >= 1 << 26:
-            break
-        n *= 2
-    shard_s = statistics.median([_fifth(lambda: one(a[0], out[0]), 20) for _ in range(5)])
+    (a, out), shard_s = _sized_work(
+        lambda n: (np.ones((t, n), np.float32), np.empty((t, n), np.float32)),
+        lambda ao: one(ao[0][0], ao[1][0]), work_s)
     parallel.use_threads(t)
-    region(a, out)
-    res = {"threads": t, "shard_s": shard_s}
-    for name, pause in (("hot", 0.0), ("cold", 1e-3)):
-        times = []
-        for _ in range(calls):
-            if pause:
-                time.sleep(pause)
-            a0 = time.perf_counter()
-            region(a, out)
-            times.append(time.perf_counter() - a0)
-        med = statistics.median(times)
-        res[name] = {"region_s": med, "overhead_s": med - shard_s}
-    return res
+    region(a, out)  # compiles
+    return {"threads": t, "shard_s": shard_s,
+            **{name: {"region_s": med, "overhead_s": med - shard_s}
+               for name, med in _hot_cold(lambda: region(a, out), calls)}}
 
 
 def _conv_forward_times(seconds: float) -> list[float]:

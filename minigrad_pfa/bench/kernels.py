@@ -35,14 +35,21 @@ STAGES = ((16, 32), (32, 16), (64, 8))
 SGD_SIZES = (401408, 36864)
 
 
+def _activations(k: int, batch: int, c: int, side: int) -> list:
+    """``k`` fixed float32 (batch, c, side, side) arrays in channels-last memory (as the
+    engine's layers hand them on)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+            for _ in range(k)]
+
+
 def _bn_work(c: int, side: int, batch: int):
     """A closure running one training batch norm forward + backward on fixed data."""
     import numpy as np
 
     from ..functional import batchnorm as F_bn
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
-    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    x, dy = _activations(2, batch, c, side)
     gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
     rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
 
@@ -58,10 +65,8 @@ def _conv_work(c: int, side: int, batch: int):
     import numpy as np
 
     from ..functional import conv as F_conv
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
-    W = rng.standard_normal((c, c, 3, 3), dtype=np.float32)
-    d = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+    x, d = _activations(2, batch, c, side)
+    W = np.random.default_rng(1).standard_normal((c, c, 3, 3), dtype=np.float32)
 
     def work():
         _, cache = F_conv.conv2d_forward(x, W, None, 1, 1)
@@ -72,12 +77,8 @@ def _conv_work(c: int, side: int, batch: int):
 
 def _relu_work(c: int, side: int, batch: int):
     """A closure running one ReLU forward + backward on fixed channels-last data."""
-    import numpy as np
-
     from ..functional import activation as F_act
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
-    dy = rng.standard_normal((batch, side, side, c), dtype=np.float32).transpose(0, 3, 1, 2)
+    x, dy = _activations(2, batch, c, side)
 
     def work():
         _, mask = F_act.relu_forward(x)

@@ -253,18 +253,21 @@ def using_threads(n: int, min_rows: int | None = None, min_elements: int | None 
             _state["blas_limiter"] = None
 
 
-def num_shards(n: int, elements: int | None = None, gemm_rows: int | None = None) -> int:
+def num_shards(n: int, elements: int | None = None, gemm_rows: int | None = None,
+               min_elements: int | None = None) -> int:
     """S = min(T, n // min_rows, elements // min_elements), or 1 inside a shard, with one
     thread, or for a small n or little work (``elements`` None: no work bound).
 
     ``gemm_rows``: the shards are the rows of a GEMM result, this many per batch row; each
     shard then also gets at least :data:`GEMM_MIN_ROWS` of them (see "Same numbers").
+    ``min_elements``: a shard's smallest work for a cheaper hand-off than this pool's
+    (:mod:`minigrad_pfa.jit.parallel`); None: the pool's (:func:`min_elements`).
     """
     if _state["threads"] == 1 or getattr(_local, "inside", False):
         return 1
     s = min(_state["threads"], n // _state["min_rows"])
     if elements is not None:
-        s = min(s, int(elements) // _state["min_elements"])
+        s = min(s, int(elements) // (min_elements or _state["min_elements"]))
     if gemm_rows is not None:  # every shard, the smallest included, >= GEMM_MIN_ROWS rows
         s = min(s, n // -(-GEMM_MIN_ROWS // max(1, int(gemm_rows))))
     return max(1, s)

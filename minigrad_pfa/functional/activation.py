@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
 from ..cpu.threads import is_sharded
+from ..jit import activation as _jit_act
 from ..jit import active as _jit_active
 from .fused import kernels
 
@@ -38,8 +39,10 @@ def relu_forward(x):
     3.0 ms with ``dy * (y > 0)``.
     """
     xp = get_array_module(x)
-    if _jit_active(xp) and _jit_act().supports(x):  # --cpu-kernels numba: one pass
-        return _jit_act().relu_forward(x)
+    if _jit_active(xp):  # --cpu-kernels numba: one pass, where it applies
+        out = _jit_act.relu_forward(x)
+        if out is not None:
+            return out
     if x.ndim and is_sharded(xp, x.shape[0], x.size):  # NumPy, several engine threads
         return _cpu.relu_forward(x)
     fused = kernels(xp)  # GPU: y and the mask in one kernel
@@ -63,16 +66,11 @@ def relu_backward(dy, cache):
     if dy.shape != cache.shape:
         raise ValueError(f"relu: expected dy of shape {tuple(cache.shape)}, got {tuple(dy.shape)}")
     xp = get_array_module(dy)
-    if _jit_active(xp) and _jit_act().supports(dy):  # --cpu-kernels numba: one pass
-        dx = _jit_act().relu_backward(dy, cache)
+    if _jit_active(xp):  # --cpu-kernels numba: one pass, where it applies
+        dx = _jit_act.relu_backward(dy, cache)
         if dx is not None:
             return dx
     if dy.ndim and is_sharded(xp, dy.shape[0], dy.size):
         return _cpu.relu_backward(dy, cache)
     return dy * cache
 
-
-def _jit_act():
-    """:mod:`minigrad_pfa.jit.activation`, imported when first used (it needs Numba)."""
-    from ..jit import activation
-    return activation

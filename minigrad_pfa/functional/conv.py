@@ -66,6 +66,7 @@ from ..backend import get_array_module
 from ..cpu.threads import (GEMM_MACS_PER_ELEMENT, block_bounds, is_sharded, map_shards,
                            shard_bounds, sum_blocks)
 from ..jit import active as _jit_active
+from ..jit import conv as _jit_conv  # compiled kernels; Numba is imported on first use
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -398,7 +399,7 @@ class _RowWindows:
         self.pad = xp.zeros((s, self.hp, wp, c), dtype=xl.dtype) if (ph or pw) else None
         self.colw = xp.empty((s, self.hp, self.ow, kw * c), dtype=xl.dtype)
         self.tmp = xp.empty((s, self.oh * self.ow, oc), dtype=xl.dtype)
-        self.Wrows = Wrows  # (kh, kw*c, oc): a (kw*c, oc) matrix per kernel row (:func:`kernel_rows`)
+        self.Wrows = Wrows  # (kh, kw*c, oc): a (kw*c, oc) matrix per kernel row (kernel_rows)
         # the taps view, built once (as_strided costs ~13 us): over the reused padded
         # buffer, or over the whole unpadded input
         src = self.pad if self.pad is not None else xl
@@ -476,7 +477,7 @@ def _conv_gemm(x, W, b, stride, padding, chunked=None):
             if m == 0:
                 return
             if jit:  # --cpu-kernels numba: one compiled sample loop (jit.conv)
-                _jit_conv().forward_rows(xs, Wrows, padding, ys.reshape(m, oh * ow, oc))
+                _jit_conv.forward_rows(xs, Wrows, padding, ys.reshape(m, oh * ow, oc))
                 return
             if Wrows is not None:
                 s = chunk_samples(m, _RowWindows.sample_bytes(
@@ -732,7 +733,7 @@ def conv2d_weight_grad(delta, cache):
         d3 = d2.reshape(n, oh * ow, ocp)
         if _compiled_rows(xp, (kh, kw), stride, x.dtype):
             # --cpu-kernels numba: per-sample row-tap GEMMs summed in fixed blocks (jit.conv)
-            gKmat = _jit_conv().weight_grad_rows(xl, d3, (kh, kw), padding)
+            gKmat = _jit_conv.weight_grad_rows(xl, d3, (kh, kw), padding)
             return matrix_to_kernel(gKmat, (ocp, ic, kh, kw))
 
         # blocks of the batch fixed by its size alone (cpu.threads.block_bounds): at least
@@ -757,16 +758,10 @@ def conv2d_weight_grad(delta, cache):
     return matrix_to_kernel(gKmat, (ocp, ic, kh, kw))
 
 
-def _jit_conv():
-    """:mod:`minigrad_pfa.jit.conv`, imported when first used (it needs Numba)."""
-    from ..jit import conv
-    return conv
-
-
 def _compiled_rows(xp, kernel, stride, dtype) -> bool:
     """True when a layer's row-tap GEMMs (:func:`row_taps`) run the compiled loops of
     :mod:`minigrad_pfa.jit.conv`: ``--cpu-kernels numba``, NumPy arrays, float32 / float64."""
-    return row_taps(kernel, stride) and _jit_active(xp) and _jit_conv().supports(dtype)
+    return row_taps(kernel, stride) and _jit_active(xp) and _jit_conv.supports(dtype)
 
 
 def conv2d_bias_grad(delta):

@@ -15,6 +15,7 @@ from ..backend import get_array_module
 from ..cpu import elementwise as _cpu
 from ..cpu.threads import GEMM_MACS_PER_ELEMENT, GEMM_MIN_ROWS, is_sharded
 from ..jit import active as _jit_active
+from ..jit import linear as _jit_linear  # Numba is imported on first use
 
 #: a feature shard of a linear GEMM (and a deferred parameter-gradient task of a linear
 #: layer, :mod:`minigrad_pfa.cpu.overlap`) needs this many times the pool's smallest work
@@ -62,7 +63,6 @@ def _product(A, B, split: str, n: int, macs: int):
     xp = get_array_module(A)
     features = B.shape[1] if split == "cols" else A.shape[0]
     if _jit_active(xp) and A.ndim == 2:
-        from ..jit import linear as _jit_linear
         s = _jit_linear.shards(n, features, macs, A.dtype)
         C = _jit_linear.matmul(A, B, split, s) if s else None
         if C is not None:

@@ -58,9 +58,11 @@ def _kernels():
 
 def _flat(a):
     """``a``'s elements as a 1-D view in memory order, or None when they are not one dense
-    block (``ravel(order="K")`` would copy)."""
+    block (``ravel(order="K")`` copied: its memory is new, so the cheap bounds test tells)."""
+    if not a.size:
+        return None
     f = a.ravel(order="K")
-    return f if a.size and np.shares_memory(f, a) else None
+    return f if np.may_share_memory(f, a) else None
 
 
 def _elements(strides, a) -> tuple:
@@ -68,16 +70,15 @@ def _elements(strides, a) -> tuple:
     return tuple(st // a.itemsize for st in strides)
 
 
-def supports(a) -> bool:
-    """True for a non-empty float32 / float64 array whose memory is one dense block."""
-    return a.dtype in DTYPES and a.size > 0 and _flat(a) is not None
-
-
 def relu_forward(x):
-    """``(max(x, 0), x > 0)`` for a :func:`supports` array; outputs in the layout of ``x``."""
+    """``(max(x, 0), x > 0)``, outputs in the layout of ``x``; None (the caller takes NumPy's
+    path) unless ``x`` is a non-empty float32 / float64 array in one dense block."""
+    xf = _flat(x) if x.dtype in DTYPES else None
+    if xf is None:
+        return None
     fwd, _ = _kernels()
     y, m = np.empty_like(x), np.empty_like(x, dtype=bool)
-    xf, yf, mf = _flat(x), _flat(y), _flat(m)
+    yf, mf = _flat(y), _flat(m)
     zero = x.dtype.type(0)
     map_shards(lambda sl: fwd(xf, yf, mf, zero, sl.start, sl.stop), xf.shape[0],
                elements=xf.shape[0])
@@ -85,9 +86,10 @@ def relu_forward(x):
 
 
 def relu_backward(dy, mask):
-    """``dy * mask`` for a :func:`supports` ``dy`` and a mask in the same memory order (else
-    None: the caller takes NumPy's path)."""
-    df, mf = _flat(dy), _flat(mask)
+    """``dy * mask`` for a ``dy`` as :func:`relu_forward` takes and a mask in the same memory
+    order (else None: the caller takes NumPy's path)."""
+    df = _flat(dy) if dy.dtype in DTYPES else None
+    mf = _flat(mask) if df is not None and mask.dtype == np.bool_ else None
     if df is None or mf is None or _elements(dy.strides, dy) != _elements(mask.strides, mask):
         return None  # not one dense block each, or two memory orders
     _, bwd = _kernels()

@@ -94,14 +94,13 @@ MIN_ELEMENTS = 1 << 15
 
 
 def num_shards(n: int, elements: int) -> int:
-    """Shards of a compiled elementwise region over ``n`` items with ``elements`` of work:
-    min(T, Numba's threads, n, elements // :data:`MIN_ELEMENTS`), 1 with one engine thread
-    or inside a pool shard or task (whose thread must not start a team)."""
-    from ..cpu.threads import get_threads, in_shard
-    t = get_threads()
-    if t == 1 or in_shard():
-        return 1
-    return max(1, min(t, max_threads(), n, int(elements) // MIN_ELEMENTS))
+    """Shards of a compiled elementwise region over ``n`` items with ``elements`` of work: the
+    pool's rule (:func:`minigrad_pfa.cpu.threads.num_shards`: 1 with one engine thread or
+    inside a pool shard or task, whose thread must not start a team) with
+    :data:`MIN_ELEMENTS`, and at most Numba's threads."""
+    from ..cpu.threads import num_shards as pool_shards
+    s = pool_shards(n, elements, min_elements=MIN_ELEMENTS)
+    return s if s == 1 else min(s, max_threads())
 
 
 def use_threads(threads: int) -> None:

@@ -25,6 +25,7 @@ from ..backend import get_array_module
 from ..cpu.elementwise import update_chunks
 from ..functional.fused import kernels
 from ..jit import active as _jit_active
+from ..jit import optim as _jit_optim  # Numba is imported on first use
 from .base import Optimizer, _nonneg, _number
 
 
@@ -89,9 +90,9 @@ class SGD(Optimizer):
         first = mu != 0.0 and buf is None
         if first:  # filled by the first update; stored only once it is whole
             buf = xp.empty_like(w)
-        if _jit_active(xp) and _jit_optim().supports(w, g, buf):
+        if _jit_active(xp) and _jit_optim.supports(w, g, buf):
             # --cpu-kernels numba: the chain in one compiled pass (jit.optim; same bits)
-            _jit_optim().sgd_update(w, g, buf, lr, wd, mu, float(self.dampening), first,
+            _jit_optim.sgd_update(w, g, buf, lr, wd, mu, float(self.dampening), first,
                                     self.nesterov)
         else:
             # CPU: the chain below on L2-sized pieces (cpu.elementwise.update_chunks; same
@@ -131,8 +132,3 @@ class SGD(Optimizer):
         else:
             w -= lr * d
 
-
-def _jit_optim():
-    """:mod:`minigrad_pfa.jit.optim`, imported when first used (it needs Numba)."""
-    from ..jit import optim
-    return optim
