@@ -392,3 +392,33 @@ def test_cpu_model_names_the_processor_not_the_architecture(tmp_path, monkeypatc
     assert machine_description()["processor"] == "Example CPU 9000 @ 1GHz"
     fake.write_text("processor\t: 0\n")  # no model name line
     assert cpu_model() == (platform.processor() or platform.machine())
+
+
+def test_residual_sum_shards_keep_bits_and_layout():
+    """``functional.elementwise.add``: batch shards on two threads give ``a + b``'s bits in
+    the inputs' layout (channels-last stays channels-last); two layouts stay serial."""
+    from minigrad_pfa.functional import elementwise as F_ew
+    calls = []
+    real = cpu_threads._run
+
+    def spy(fn, bounds, **kw):
+        calls.append(len(bounds))
+        return real(fn, bounds, **kw)
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 5, 4, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    b = rng.standard_normal((8, 5, 4, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    a[0, 0, 0, 0], b[1, 1, 1, 1] = np.nan, -np.inf
+    cpu_threads._run = spy
+    try:
+        with cpu.using_threads(2, min_rows=1, min_elements=1):
+            y = F_ew.add(a, b)
+            assert calls == [2]
+            y_mixed = F_ew.add(a, np.ascontiguousarray(b))  # two layouts: serial
+            assert calls == [2]
+    finally:
+        cpu_threads._run = real
+    ref = a + b
+    assert y.strides == ref.strides == a.strides
+    np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_array_equal(y_mixed, ref)

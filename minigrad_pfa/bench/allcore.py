@@ -15,7 +15,8 @@ with more than one shard) are timed inside each operation::
                 (1: every thread busy for the whole region; the rest is waiting for the
                 slowest shard and the pool's hand-off)
     other       step time - sum of t_op: Python between the operations, the loss,
-                pooling, residual additions (the optimizer's step is an operation)
+                pooling, the shortcuts (the optimizer's step and the residual sums
+                are operations)
 
 Run at 1 thread and at T threads, ``t_op(1) / t_op(T)`` is the operation's speed-up.
 
@@ -50,6 +51,7 @@ OPERATIONS = {
     "BatchNorm backward": ("batchnorm", "batchnorm_backward"),
     "ReLU forward": ("activation", "relu_forward"),
     "ReLU backward": ("activation", "relu_backward"),
+    "residual sum": ("elementwise", "add"),
     "linear": ("linear", "linear_forward"),
     "linear input error": ("linear", "linear_input_error"),
     "linear weight gradient": ("linear", "linear_weight_grad"),

@@ -17,7 +17,8 @@ profiled calls. So each phase is a set of functions whose own time is dominated 
 * **BatchNorm**: ``functional/batchnorm.py``, ``cpu/batchnorm.py``, ``jit/batchnorm.py``,
   ``einsum`` and the ufunc ``reduce`` (column sums; also the bias gradients' and the
   loss's sums);
-* **elementwise**: ReLU, the residual additions (``nn/resnet.py``), pooling, the loss;
+* **elementwise**: ReLU, the residual additions (``functional/elementwise.py``, the
+  shortcuts of ``nn/resnet.py``), pooling, the loss;
 * **optimizer**: ``optim/``;
 * **threads**: the pool's dispatch and waits (``minigrad_pfa/cpu/threads.py``, locks);
 * **Python overhead**: everything else (module dispatch, rules' bookkeeping, caches).
@@ -53,7 +54,7 @@ def phase_of(function: str, where: str) -> str:
         return "im2col / col2im"
     if path.endswith("batchnorm.py") or "einsum" in function or "'reduce'" in function:
         return "BatchNorm"
-    if path.endswith(("activation.py", "cpu/elementwise.py", "nn/resnet.py", "pooling.py",
+    if path.endswith(("activation.py", "elementwise.py", "nn/resnet.py", "pooling.py",
                       "loss.py")):
         return "elementwise"
     if "/optim/" in path or path.startswith("minigrad_pfa/optim"):

@@ -5,6 +5,7 @@ shard k = x[a_k:a_{k+1}]. Outputs are allocated like the input (``empty_like`` k
 channels-last layout) and each shard writes its own rows::
 
     ReLU      y[k]  = max(x[k], 0),   mask[k] = x[k] > 0,   dx[k] = dy[k] * mask[k]
+    sum       y[k]  = a[k] + b[k]     (a residual block's two paths, forward and backward)
     GEMM      out[k] = A[k] @ B       (rows of A; :mod:`minigrad_pfa.functional.linear`
                                        shards the features: A = delta.T)
               out[:, k] = a @ B[:, k] (columns of B: B = W.T or M, C-ordered out)
@@ -46,6 +47,17 @@ def relu_backward(dy, mask):
     map_shards(lambda sl: np.multiply(dy[sl], mask[sl], out=dx[sl]), dy.shape[0],
                elements=dy.size)
     return dx
+
+
+def add(a, b):
+    """``a + b`` by shards for two arrays of one shape and one memory layout (strides), the
+    result in that layout; None otherwise (the caller adds them serially: NumPy then picks
+    the result's layout from both)."""
+    if a.shape != b.shape or a.strides != b.strides or a.dtype != b.dtype:
+        return None
+    y = np.empty_like(a)
+    map_shards(lambda sl: np.add(a[sl], b[sl], out=y[sl]), a.shape[0], elements=a.size)
+    return y
 
 
 def matmul_cols(a, B, elements=None):

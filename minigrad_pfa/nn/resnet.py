@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..backend import get_array_module
+from ..functional import elementwise as F_ew
 from .layers import (BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                      Sequential)
 from .module import Module
@@ -95,7 +96,7 @@ class BasicBlock(Module):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         # not in place: BN's cache may hold its output
-        out = out + (x if self.shortcut is None else self.shortcut(x))
+        out = F_ew.add(out, x if self.shortcut is None else self.shortcut(x))
         return self.relu2(out)
 
     def backward(self, dy, ctx=None):
@@ -110,7 +111,7 @@ class BasicBlock(Module):
             return dshort
         if dshort is None:
             return dbranch
-        return dbranch + dshort
+        return F_ew.add(dbranch, dshort)
 
 
 def make_stages(in_planes: int, stages, shortcut: str, dtype) -> "OrderedDict[str, Module]":
