@@ -206,7 +206,9 @@ def _allcore_section(allcore) -> list[str]:
              "the pool's parallel regions, and how busy the threads were there (shard time "
              "/ (threads x region time); the rest is waiting for the slowest shard and the "
              "hand-off). *other*: Python between the operations, the loss, pooling and the "
-             "residual additions. Timed in the serial order (`minigrad_pfa.cpu.overlap` "
+             + ("shortcuts. " if "residual sum" in hi["operations"] else  # timed since 4ca14f8
+                "residual additions. ") +
+             "Timed in the serial order (`minigrad_pfa.cpu.overlap` "
              "off: no parameter gradient beside the backward pass); the tables above time the "
              "step as users run it.", ""]
     rows = []
