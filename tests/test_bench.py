@@ -336,6 +336,32 @@ def test_pooled_rounds_median_iqr_and_regime_targets():
     assert "ResNet-20 BP step / PyTorch BP step | 1.5 | <= 2 | yes" in text
 
 
+def test_rounds_alternate_the_order_and_pool_by_configuration():
+    """Round 2 runs the suite and the regimes in reverse (a configuration's place in a round
+    must not bias its ratio to its neighbours); each record still pools its own steps."""
+    from minigrad_pfa.bench.regimes import run_interleaved
+    steps = [{"rule": r, "model": "m", "impl": "minigrad", "batch": 1, "device": "cpu",
+              "group": "g"} for r in ("bp", "pfa", "fa")]
+    steps[2]["once"] = True
+    calls = []
+
+    def run(cfg, t):
+        calls.append((cfg["rule"], t))
+        k = sum(1 for c in calls if c == (cfg["rule"], t))  # this configuration's round
+        v = 10 * k + t
+        return {"rule": cfg["rule"], "threads": t, "step_s": v, "step_times_s": [v],
+                "step_wall_s": v, "step_cpu_s": v, "peak_mb": 1.0, "flops": 1.0}
+
+    out = run_interleaved(steps, [2, 1], 3, run, lambda s: None, lambda r: "")
+    first = [("bp", 2), ("bp", 1), ("pfa", 2), ("pfa", 1), ("fa", 2), ("fa", 1)]
+    second = [("pfa", 1), ("pfa", 2), ("bp", 1), ("bp", 2)]  # reversed; "once" skipped
+    assert calls == first + second + first[:4]
+    for t in (2, 1):
+        assert [r["rule"] for r in out[t]] == ["bp", "pfa", "fa"]
+        assert [r["rounds"] for r in out[t]] == [3, 3, 1]
+        assert out[t][0]["round_step_s"] == [10 + t, 20 + t, 30 + t]
+
+
 def test_all_core_targets_undecided_on_contended_cores():
     """Wall-clock ratios measured while the load average exceeds 1.5x the cores decide
     nothing: met is None and the detail says why; a quiet run decides."""

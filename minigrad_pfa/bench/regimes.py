@@ -13,6 +13,14 @@ and both regimes, alike instead of one block of the suite::
 
     for k in 1..K:  for c in suite:  for T in regimes:  run c under T (fresh process)
 
+Every second round runs the suite and the regimes in reverse order, so that a
+configuration's place in a round (what ran just before it, how long the machine has been
+busy) falls on both sides of its neighbours and does not bias their ratios: with one fixed
+order, the engine's BP step always ran first in its block and PFA's after PyTorch's, and
+PFA (r = 10), which does strictly more work, measured faster than BP in the rounds of one
+run (2 threads 0.88-1.10, 1 thread 0.79-1.02, docs/performance-numba.md of 9e33173) while
+the same two steps timed in other runs came out the other way.
+
 A record pools the steps of all its rounds: ``step_s`` = median_j,k t_{c,T,k,j}, with the
 interquartile range (q1, q3) and the extremes as its spread, and the per-round medians.
 Configurations marked ``once`` (the rules outside the targets) run in the first round.
@@ -82,16 +90,18 @@ def run_interleaved(steps: list[dict], regimes: list[int], rounds: int, run, log
     """Run ``steps`` under every regime for ``rounds`` interleaved rounds.
 
     ``run(cfg, threads)`` runs one configuration in a fresh process and returns its
-    result; returns ``{threads: [pooled record per step configuration]}``.
+    result; returns ``{threads: [pooled record per step configuration]}`` (in the order of
+    ``steps``, whatever order a round ran them in).
     """
     results = {t: [[] for _ in steps] for t in regimes}
     for k in range(int(rounds)):
         if rounds > 1:
-            log(f"round {k + 1}/{rounds}")
-        for i, cfg in enumerate(steps):
+            log(f"round {k + 1}/{rounds}" + (" (reverse order)" if k % 2 else ""))
+        order = list(enumerate(steps))
+        for i, cfg in (order[::-1] if k % 2 else order):
             if cfg.get("once") and k > 0:
                 continue
-            for t in regimes:
+            for t in (regimes[::-1] if k % 2 else regimes):
                 res = run(cfg, t)
                 if res.get("error"):
                     res.update({key: cfg[key] for key in ("model", "rule", "impl", "batch",

@@ -259,8 +259,11 @@ def render(data: dict, json_name: str = "") -> str:
              "Every configuration ran in a fresh subprocess with its regime's thread "
              "settings, after warm-up; step times are medians of all timed steps"
              + (f" pooled over {rounds} interleaved rounds (each round runs every "
-                "configuration under every regime back to back; `minigrad_pfa.bench."
-                "regimes`), with their interquartile range" if rounds > 1 else "")
+                "configuration under every regime back to back"
+                + (", every second round in reverse order" if m.get("round_order") ==
+                   "alternating" else "") +
+                "; `minigrad_pfa.bench.regimes`), with their interquartile range"
+                if rounds > 1 else "")
              + ", and comparisons are ratios within this one run (absolute times on a "
              "shared machine move with its load).", ""]
     la0, la1 = m.get("load_average_start"), m.get("load_average_end")

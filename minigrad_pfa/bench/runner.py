@@ -229,6 +229,7 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     t_start = time.perf_counter()
     machine = machine_block(mode, device, threads)
     machine["cpu_kernels"] = cpu_kernels
+    machine["round_order"] = "alternating"  # regimes.run_interleaved: odd rounds reversed
     machine["timer"] = timers[threads]
     machine["blas_env"] = {v: os.environ.get(v) for v in BLAS_KERNEL_VARS}
     parts = ["minigrad-pfa bench", {"full": "", "quick": "--quick", "tiny": "--tiny"}[mode],
