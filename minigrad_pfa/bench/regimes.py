@@ -17,9 +17,9 @@ Every second round runs the suite and the regimes in reverse order, so that a
 configuration's place in a round (what ran just before it, how long the machine has been
 busy) falls on both sides of its neighbours and does not bias their ratios: with one fixed
 order, the engine's BP step always ran first in its block and PFA's after PyTorch's, and
-PFA (r = 10), which does strictly more work, measured faster than BP in the rounds of one
-run (2 threads 0.88-1.10, 1 thread 0.79-1.02, docs/performance-numba.md of 9e33173) while
-the same two steps timed in other runs came out the other way.
+PFA (r = 10), which does strictly more work, measured faster than BP in most rounds of one
+run (PFA / BP per round: 2 threads 0.88-1.10, 1 thread 0.79-1.02; docs/performance-numba.md
+of 9e33173) and slower in those of another (1 thread 1.15-1.31, d331a0e).
 
 A record pools the steps of all its rounds: ``step_s`` = median_j,k t_{c,T,k,j}, with the
 interquartile range (q1, q3) and the extremes as its spread, and the per-round medians.
