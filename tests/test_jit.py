@@ -200,7 +200,7 @@ def test_kernels_benchmark_compares_both_in_one_run():
     lines = []
     rows = bk.compare("mlp", batch=8, rounds=2, steps=1, threads=2, log=lines.append)
     works = {r["work"] for r in rows}
-    assert len(works) == 1 + 3 * len(bk.STAGES) + len(bk.SGD_SIZES)
+    assert len(works) == 1 + 3 * len(bk.STAGES) + 2 + len(bk.SGD_SIZES)  # 2 strided convs
     assert {r["threads"] for r in rows} == {1, 2}
     for r in rows:
         assert r["numpy_s"] > 0 and r["numba_s"] > 0 and len(r["round_speedups"]) == 2

@@ -81,6 +81,48 @@ def test_weight_gradient_of_an_error_with_other_channels():
     assert got.shape == (15, 4, 3, 3) and _rel(got, ref) <= 1e-13
 
 
+# (batch, in channels, error channels, h, w, kernel, stride, padding): ResNet-20's strided
+# layers (small), an error with 10x the input's channels at stride 1 (PFA's mid channels),
+# rectangular everything, a strided 1x1 kernel, a padding wider than the kernel's reach
+FOLD_CASES = [(5, 16, 32, 8, 8, (3, 3), (2, 2), (1, 1)), (4, 3, 30, 8, 8, (3, 3), (1, 1), (1, 1)),
+              (3, 5, 6, 9, 7, (2, 3), (2, 1), (0, 1)), (6, 4, 8, 6, 6, (1, 1), (2, 2), (0, 0)),
+              (2, 3, 4, 5, 6, (3, 3), (3, 2), (2, 2))]
+
+
+@pytest.mark.parametrize("case", FOLD_CASES, ids=str)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def test_fold_input_error_compiled_computes_what_numpy_does(case, dtype, tol, monkeypatch):
+    """The folded input error (any stride, kernel, padding; errors with other channels) in
+    compiled sample loops: NumPy's result to the GEMM's rounding, in NumPy's layout, and the
+    same bits on 1, 2 and 3 threads."""
+    n, ic, ocp, h, w, k, s, p = case
+    rng = np.random.default_rng(5)
+    oh, ow = F_conv.conv_output_size(h, w, k[0], k[1], s, p)
+    d = rng.standard_normal((n, oh, ow, ocp)).astype(dtype).transpose(0, 3, 1, 2)
+    M = rng.standard_normal((ocp, ic) + k).astype(dtype)
+    shards = []
+    real = jit_conv.input_error_fold
+    monkeypatch.setattr(jit_conv, "input_error_fold",
+                        lambda *a: (shards.append(a[-1] - a[-2]), real(*a))[1])
+
+    def fold(kernels, threads=1):
+        with jit.using_cpu_kernels(kernels), \
+                cpu.using_threads(threads, min_rows=1, min_elements=1):
+            return F_conv.conv2d_input_error(d, M, (n, ic, h, w), s, p, method="fold")
+
+    ref = fold("numpy")
+    assert shards == []
+    one = fold("numba")
+    assert shards == [n]  # the compiled path ran, one shard on one thread
+    assert one.shape == ref.shape and one.strides == ref.strides and one.dtype == ref.dtype
+    assert _rel(one, ref) <= tol
+    for t in (2, 3):
+        shards.clear()
+        many = fold("numba", t)
+        assert len(shards) == min(t, n) and sum(shards) == n
+        assert np.array_equal(many, one)
+
+
 def test_conv_kernels_same_bits_on_any_thread_count(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((12, 8, 8, 6)).astype(np.float32).transpose(0, 3, 1, 2)

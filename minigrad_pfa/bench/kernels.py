@@ -17,8 +17,9 @@ interleaved rounds, each timing every (T, K) back to back, so a change of the ma
 falls into both sides of a ratio. The op part does the same for the training batch norm of
 ResNet-20's three stages at batch 128 (channels-last float32 (128, c, s, s) for
 (c, s) = (16, 32), (32, 16), (64, 8)), and for their 3x3 stride-1 convolutions (forward,
-weight gradient and input error, c -> c channels) and ReLUs, and for one SGD step of a
-parameter (:data:`SGD_SIZES`).
+weight gradient and input error, c -> c channels), the two stride-2 ones (c -> 2c, the
+first layers of stages 2 and 3) and ReLUs, and for one SGD step of a parameter
+(:data:`SGD_SIZES`).
 
     python -m minigrad_pfa.bench.kernels [--model resnet20] [--batch 128] [--rounds 3]
 """
@@ -59,19 +60,21 @@ def _bn_work(c: int, side: int, batch: int):
     return work
 
 
-def _conv_work(c: int, side: int, batch: int):
-    """A closure running one 3x3 stride-1 convolution's forward, weight gradient and input
-    error (c -> c channels, padding 1) on fixed channels-last data."""
+def _conv_work(c: int, side: int, batch: int, stride: int = 1):
+    """A closure running one 3x3 convolution's forward, weight gradient and input error
+    (padding 1; stride 1: c -> c channels, stride 2: c -> 2c, as ResNet-20's stages and
+    their first layers) on fixed channels-last data."""
     import numpy as np
 
     from ..functional import conv as F_conv
-    x, d = _activations(2, batch, c, side)
-    W = np.random.default_rng(1).standard_normal((c, c, 3, 3), dtype=np.float32)
+    (x,) = _activations(1, batch, c, side)
+    (d,) = _activations(1, batch, c * stride, -(-side // stride))
+    W = np.random.default_rng(1).standard_normal((c * stride, c, 3, 3), dtype=np.float32)
 
     def work():
-        _, cache = F_conv.conv2d_forward(x, W, None, 1, 1)
+        _, cache = F_conv.conv2d_forward(x, W, None, stride, 1)
         F_conv.conv2d_weight_grad(d, cache)
-        F_conv.conv2d_input_error(d, W, x.shape, 1, 1)
+        F_conv.conv2d_input_error(d, W, x.shape, stride, 1)
     return work
 
 
@@ -151,6 +154,8 @@ def compare(model: str = "resnet20", batch: int = 128, rounds: int = 3, steps: i
             res.update(_interleaved(bn, counts, rounds, 5))
             cv = {f"Conv 3x3 fwd+wgrad+dx ({batch}, {c}, {s}, {s})": _conv_work(c, s, batch)
                   for c, s in STAGES}
+            cv.update({f"Conv 3x3 stride 2 fwd+wgrad+dx ({batch}, {c}, {s}, {s})":
+                       _conv_work(c, s, batch, 2) for c, s in STAGES[:2]})
             res.update(_interleaved(cv, counts, rounds, 5))
             relu = {f"ReLU fwd+bwd ({batch}, {c}, {s}, {s})": _relu_work(c, s, batch)
                     for c, s in STAGES}

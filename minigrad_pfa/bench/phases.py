@@ -10,7 +10,7 @@ profiled calls. So each phase is a set of functions whose own time is dominated 
   ``_conv_gemm``, ``conv2d_weight_grad``, the fold's per-offset GEMMs, ``channel_matmul``,
   linear layers, PFA's ``contract_first``; under ``--cpu-kernels numba`` the compiled
   convolutions (every function of ``jit/conv.py``: one call builds a sample's row taps and
-  runs its GEMMs, so the taps copy is counted here too);
+  runs its GEMMs, so the taps copy is counted here too, as is the compiled fold's col2im);
 * **im2col / col2im**: the chunk windows' copy (``_ChunkWindows.__call__``, ``copyto``),
   the padded chunk buffers (``_fill_padded``), ``fold_windows`` (the ``+=`` of col2im),
   padding, ``as_strided``, ``ascontiguousarray``, ``concatenate``;
@@ -30,7 +30,8 @@ PHASES = ("GEMM", "im2col / col2im", "BatchNorm", "elementwise", "optimizer", "t
 
 _GEMM_CONV = {"rows", "partial", "<listcomp>", "gemm_into", "_conv_gemm", "conv2d_weight_grad",
               "<lambda>",
-              "channel_matmul", "_input_error_col2im", "_input_error_fold"}
+              "channel_matmul", "_input_error_col2im", "_input_error_fold",
+              "_input_error_fold_compiled"}
 _COPY_CONV = {"__call__", "_fill_padded", "fold_windows", "_im2col_cl", "col2im",
               "pad_channels_last", "kernel_windows", "__init__", "channels_last", "_delta2d"}
 _COPY_BUILTIN = ("copyto", "ascontiguousarray", "as_strided", "concatenate", "zeros",

@@ -586,6 +586,24 @@ def _input_error_fold(delta, M, x_shape, stride, padding):
                         (kh, kw), stride, padding, delta.dtype, xp)
 
 
+def _input_error_fold_compiled(delta, M, x_shape, stride, padding, work):
+    """:func:`_input_error_fold` as compiled sample loops (``--cpu-kernels numba``,
+    :func:`minigrad_pfa.jit.conv.input_error_fold`): per sample one GEMM with the kernel
+    matrix and the fold in the NumPy path's order, batch shards writing their samples of one
+    channels-last ``dx``."""
+    xp = get_array_module(delta)
+    n, ic, h, w = x_shape
+    ocp, _, kh, kw = M.shape
+    oh, ow = delta.shape[2:]
+    d3 = channels_last(delta).reshape(n, oh * ow, ocp)
+    Mmat = xp.ascontiguousarray(kernel_to_matrix(M))
+    dx = xp.empty((n, h, w, ic), dtype=delta.dtype)
+    map_shards(lambda sl: _jit_conv.input_error_fold(d3, Mmat, (kh, kw), stride, padding, dx,
+                                                     sl.start, sl.stop),
+               n, xp, work, gemm_rows=oh * ow)
+    return dx.transpose(0, 3, 1, 2)
+
+
 def _input_error_conv(delta, M, padding, chunked=None):
     """Stride 1 only: ``dx = conv(pad(delta), flip(M).swap(oc, ic))``, no scatter.
 
@@ -686,9 +704,11 @@ def conv2d_input_error(delta, M, x_shape, stride, padding, method: str = "auto",
                              f"<= kernel - 1, got stride {stride}, padding {padding}, "
                              f"kernel {(kh, kw)}")
         return _input_error_conv(delta, M, padding, chunked)
-    fn = _input_error_fold if method == "fold" else _input_error_col2im
     xp = get_array_module(delta)
     work = n * oh * ow * ocp * ic * kh * kw // GEMM_MACS_PER_ELEMENT
+    if method == "fold" and _jit_active(xp) and _jit_conv.supports(delta.dtype):
+        return _input_error_fold_compiled(delta, M, (n, ic, h, w), stride, padding, work)
+    fn = _input_error_fold if method == "fold" else _input_error_col2im
     if not is_sharded(xp, n, work, gemm_rows=oh * ow):
         return fn(delta, M, (n, ic, h, w), stride, padding)
     # batch shards (cpu.threads): samples are independent, so each shard folds its own

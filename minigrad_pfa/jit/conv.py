@@ -16,7 +16,19 @@ rows ``Wr[i][(j, ch), o] = W[o, ch, i, j]`` (kh, kw*c, oc)::
                       gKmat[:, i*kw*c:(i+1)*kw*c] = G[i]
 
 The input error of a stride-1 layer is a forward of the padded error with the flipped kernel
-(``functional.conv._input_error_conv``), so it runs :func:`forward_rows` too.
+(``functional.conv._input_error_conv``), so it runs :func:`forward_rows` too. Any other input
+error that the NumPy path folds (``functional.conv._input_error_fold``: strided layers, and
+errors with more channels than the input, as PFA's mid-channel errors and DFA's) is, per
+sample, one GEMM with the kernel matrix ``Mmat[o, (i, j, ch)] = M[o, ch, i, j]`` (oc', K),
+K = kh*kw*ic, then the fold of its columns onto the input grid, offset by offset::
+
+    input error       dcol (P, K)           = delta[n] @ Mmat                  (one GEMM)
+                      dx[n, y, x, ch]       = sum over (i, j) in order of
+                                              dcol[(oy, ox), (i, j, ch)]
+                      with y = oy*sh + i - ph, x = ox*sw + j - pw inside the grid
+
+which are the NumPy fold's additions in its order (a zero buffer, then offset (i, j) added
+for (i, j) in row-major order), so only the GEMM's rounding may differ from it.
 
 Why: on the NumPy path one chunk of samples is seven NumPy calls (pad, taps copy, three
 batched GEMMs, two additions), each a turn of the interpreter lock that the engine's other
@@ -34,7 +46,11 @@ added in order within a block, blocks in order after. The results are the NumPy 
 rounding (the weight gradient sums per sample, not per chunk); tests compare them.
 
 Cost per sample (float32): the taps hp*ow*kw*c values written once (the NumPy path also
-writes the padded copy and kh - 1 temporaries of P*oc), kh GEMMs of 2*P*kw*c*oc flops.
+writes the padded copy and kh - 1 temporaries of P*oc), kh GEMMs of 2*P*kw*c*oc flops. The
+fold: one GEMM of 2*P*oc'*K flops into a (P, K) buffer that stays in cache, and kh*kw
+passes adding P*ic values into the sample's h*w*ic (the NumPy path: kh*kw GEMMs over the
+whole shard, each result a (shard*P, ic) temporary in memory, added into a padded copy that
+is then cropped and the shards' results concatenated).
 Measured on the Intel Xeon VM (2 vCPUs, ``python -m minigrad_pfa.bench.kernels``, medians of
 3 interleaved rounds): a 3x3 layer's forward + weight gradient + input error at batch 128
 took 32.4 / 26.9 / 21.6 ms against NumPy's 56.9 / 42.7 / 26.3 ms on one thread for
@@ -125,16 +141,51 @@ def _make_kernels(gemm, dtype):
                      d3[n].ctypes, ints[1:].ctypes, (zero if n == lo else one).ctypes,
                      G[i].ctypes, ints[0:].ctypes)
 
+    def fold(d3, Mmat, kh, kw, sh, sw, ph, pw, lo, hi, dx):
+        """dx[n] (h, w, ic) <- the fold of delta[n] @ Mmat, samples lo .. hi-1."""
+        h, w, ic = dx.shape[1], dx.shape[2], dx.shape[3]
+        ocp, K = Mmat.shape
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        P = oh * ow
+        dcol = np.empty((P, K), dtype)
+        ints = np.array([K, P, ocp], np.int32)  # N, M, K of dcol = delta[n] @ Mmat
+        one = np.ones(1, dtype)
+        zero = np.zeros(1, dtype)
+        for n in range(lo, hi):
+            gemm(NN.ctypes, NN.ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+                 one.ctypes, Mmat.ctypes, ints[0:].ctypes, d3[n].ctypes, ints[2:].ctypes,
+                 zero.ctypes, dcol.ctypes, ints[0:].ctypes)
+            x = dx[n]
+            for y in range(h):
+                for xx in range(w):
+                    for ch in range(ic):
+                        x[y, xx, ch] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    base = (i * kw + j) * ic
+                    for oy in range(oh):
+                        y = oy * sh + i - ph
+                        if y < 0 or y >= h:
+                            continue
+                        for ox in range(ow):
+                            xx = ox * sw + j - pw
+                            if xx < 0 or xx >= w:
+                                continue
+                            src = dcol[oy * ow + ox, base:base + ic]
+                            dst = x[y, xx]
+                            for ch in range(ic):
+                                dst[ch] += src[ch]
+
     jit = numba.njit(nogil=True)
-    return jit(forward), jit(weight_grad)
+    return jit(forward), jit(weight_grad), jit(fold)
 
 
 @functools.cache
 def _kernels(dtype):
-    """(forward, weight_grad) for float32 or float64, compiled once per process.
+    """(forward, weight_grad, fold) for float32 or float64, compiled once per process.
 
     Not cached on disk: the GEMM is a function pointer found when SciPy loads, which Numba
-    does not save (compiling both takes about a second, once per process and dtype).
+    does not save (compiling them takes about a second, once per process and dtype).
     """
     return _make_kernels(blas.gemm(dtype), np.dtype(dtype))
 
@@ -154,7 +205,7 @@ def forward_rows(xl, Wr, padding, y3) -> None:
     padding : (ph, pw)
     y3 : C-contiguous (m, oh*ow, oc), written
     """
-    forward, _ = _kernels(xl.dtype)
+    forward = _kernels(xl.dtype)[0]
     forward(xl, Wr, int(padding[0]), int(padding[1]), y3)
 
 
@@ -172,7 +223,7 @@ def weight_grad_rows(xl, d3, kernel, padding):
     -------
     gKmat : (oc', kh*kw*c) in ``functional.conv.kernel_to_matrix``'s column order (i, j, c).
     """
-    _, grad = _kernels(xl.dtype)
+    grad = _kernels(xl.dtype)[1]
     n, c = xl.shape[0], xl.shape[3]
     (kh, kw), (ph, pw) = kernel, (int(padding[0]), int(padding[1]))
     ocp = d3.shape[2]
@@ -188,3 +239,18 @@ def weight_grad_rows(xl, d3, kernel, padding):
 
     G = sum_blocks(partials, blocks, np)  # added in block order: same bits for any T
     return G.transpose(1, 0, 2).reshape(ocp, kh * kw * c)
+
+
+def input_error_fold(d3, Mmat, kernel, stride, padding, dx, lo, hi) -> None:
+    """``dx[n] = fold(delta[n] @ Mmat)`` for the samples ``lo .. hi-1``, in place.
+
+    Parameters
+    ----------
+    d3 : C-contiguous (n, oh*ow, oc'), the output error, channels last
+    Mmat : C-contiguous (oc', kh*kw*ic), ``functional.conv.kernel_to_matrix(M)``
+    kernel, stride, padding : (kh, kw), (sh, sw), (ph, pw)
+    dx : C-contiguous (n, h, w, ic), rows lo .. hi-1 written (one batch shard)
+    """
+    fold = _kernels(d3.dtype)[2]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    fold(d3, Mmat, int(kh), int(kw), int(sh), int(sw), int(ph), int(pw), int(lo), int(hi), dx)
