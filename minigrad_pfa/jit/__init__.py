@@ -26,15 +26,15 @@ with a kernel wider than 1x1 (:mod:`.conv`: forward, the input error that is a f
 the error, the weight gradient), where per sample the row taps are built in cache and handed
 to BLAS's GEMM (:mod:`.blas`), accumulating over the kernel rows in the result, all in one
 call per shard without the lock; the folded input errors (strided layers, errors with more
-channels than the input: one GEMM per sample and the fold in the NumPy path's order, :mod:`.conv`);
-the fully connected layers' float32 GEMMs in feature shards
-(:mod:`.linear`) and SGD's update chain in one pass (:mod:`.optim`), these two on Numba's own
-threads (:mod:`.parallel`), whose hand-off is cheaper than the engine pool's. Everything else
-(the forward and weight gradient of strided and 1x1 convolutions, the literal col2im input
-error, pooling, the rules' channel products, other optimizers) runs the NumPy path. ``python -m minigrad_pfa.bench.kernels`` times both
-choices side by side (interleaved rounds in one process), for whole steps (``--model
-resnet20`` or ``mlp``) and for ResNet-20's batch norms and convolutions alone; ``bench
---cpu-kernels numba`` runs the whole benchmark with them.
+channels than the input: one GEMM per sample and the fold in the NumPy path's order,
+:mod:`.conv`); the fully connected layers' float32 GEMMs in feature shards (:mod:`.linear`)
+and SGD's update chain in one pass (:mod:`.optim`), these two on Numba's own threads
+(:mod:`.parallel`), whose hand-off is cheaper than the engine pool's. Everything else (the
+forward and weight gradient of strided and 1x1 convolutions, the literal col2im input error,
+pooling, the rules' channel products, other optimizers) runs the NumPy path. ``python -m
+minigrad_pfa.bench.kernels`` times both choices side by side (interleaved rounds in one
+process), for whole steps (``--model resnet20`` or ``mlp``) and for ResNet-20's batch norms
+and convolutions alone; ``bench --cpu-kernels numba`` runs the whole benchmark with them.
 
 Loops index arrays counted from 0 (rows sliced first): Numba cannot vectorise a loop whose
 index might be negative, because of the wrap-around test. ``python -m
