@@ -549,3 +549,34 @@ def test_profile_phases_count_the_compiled_kernels_where_they_belong():
                  if inspect.isfunction(f) and f.__module__ == module.__name__]
         assert names and {phase_of(n, f"{path}:1") for n in names} == {phase}, module
     assert phase_of("forward", "minigrad_pfa/nn/resnet.py:94") == "elementwise"
+
+
+def test_samestep_interleaves_rules_in_one_process(capsys, monkeypatch):
+    """``python -m minigrad_pfa.bench.samestep``: every rule stepped in every round, the
+    order reversed in odd rounds, ratios to the first rule; fewer than two rules is an error."""
+    from minigrad_pfa import train
+    from minigrad_pfa.bench import samestep
+    order = []
+    real = train.train_step
+
+    def spy(net, *a, **kw):
+        order.append(id(net))
+        return real(net, *a, **kw)
+
+    monkeypatch.setattr(train, "train_step", spy)
+    res = samestep.compare(["bp", "pfa-r1", "fa"], model="mlp", batch=8, rounds=2, steps=1,
+                           warmup=0)
+    assert list(res) == ["bp", "pfa-r1", "fa"]
+    assert len(order) == 6 and order[3:] == order[:3][::-1]  # round 2 reversed
+    assert res["bp"]["ratio"] == 1.0 and all(len(v["round_ratios"]) == 2 for v in res.values())
+    for v in res.values():
+        assert v["step_s"] > 0 and abs(v["ratio"] - v["step_s"] / res["bp"]["step_s"]) < 1e-12
+    assert samestep.spread({"pfa-r1": {"step_s": 2.0}, "pfa-r10": {"step_s": 2.5},
+                            "bp": {"step_s": 9.0}}) == 0.25
+    assert samestep.spread(res) is None  # one PFA rule
+    with pytest.raises(ValueError, match="at least two"):
+        samestep.compare(["bp"])
+    assert samestep.main(["--rules", "bp,pfa-r1,pfa-r10", "--model", "mlp", "--batch", "8",
+                          "--rounds", "2", "--steps", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pfa-r10" in out and "PFA spread over the r given" in out

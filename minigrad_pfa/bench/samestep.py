@@ -1,0 +1,114 @@
+"""Several rules' steps in one process, interleaved step by step: ratios the VM cannot bias.
+
+Notation
+--------
+R : the rules compared (the first is the reference, BP by default), T : engine threads,
+t_{r,k} : the median of ``steps`` consecutive steps of rule r in round k::
+
+    ratio_{r,k} = t_{r,k} / t_{ref,k}        ratio_r = median_j t_{r,j} / median_j t_{ref,j}
+    spread      = max_r median_j t_{r,j} / min_r median_j t_{r,j} - 1    (over the PFA rules)
+
+Why. ``minigrad-pfa bench`` runs every configuration in its own process (its peak RSS must
+be its own), so two configurations compared there ran seconds to minutes apart, and on a
+shared VM the machine's state moves in between: the same engine code measured PFA (r = 10)
+at 0.92x, 1.06x and 1.26x BP, and PFA at r = 1 at 0.80x r = 10 in one run's later rounds
+(docs/performance-numba.md, three runs on 2026-12-03). Here every model is built once in one
+process and their steps alternate in rounds (even rounds in the given order, odd rounds
+reversed), so a change of the machine falls into both sides of every ratio.
+
+    python -m minigrad_pfa.bench.samestep [--rules bp,pfa-r1,pfa-r10,pfa-r30]
+        [--model resnet20] [--batch 128] [--threads T] [--rounds 6] [--steps 3]
+        [--cpu-kernels numpy|numba]
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
+            rounds: int = 6, steps: int = 3, warmup: int = 2) -> dict:
+    """Interleaved step times of ``rules`` (names of :func:`minigrad_pfa.bench.suite.rule_spec`).
+
+    Returns
+    -------
+    dict rule -> {"step_s": median over all timed steps, "round_s": [median per round],
+    "ratio": step_s / the first rule's, "round_ratios": [per-round ratio]}.
+    """
+    from ..train import train_step
+    from .worker import _minigrad_setup
+
+    rules = list(rules)
+    if len(rules) < 2:
+        raise ValueError(f"samestep: compare at least two rules, got {rules!r}")
+    setups = {r: _minigrad_setup({"model": model, "rule": r, "threads": threads,
+                                  "device": "cpu", "batch": batch}) for r in rules}
+
+    def step(r):
+        net, layers, opt, x, y = setups[r][:5]
+        train_step(net, layers, opt, x, y)
+
+    for r in rules:
+        for _ in range(warmup):
+            step(r)
+    times = {r: [] for r in rules}
+    for k in range(rounds):
+        for r in (rules if k % 2 == 0 else rules[::-1]):
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step(r)
+                ts.append(time.perf_counter() - t0)
+            times[r].append(ts)
+    ref = rules[0]
+    med = {r: statistics.median(t for ts in times[r] for t in ts) for r in rules}
+    out = {}
+    for r in rules:
+        rounds_r = [statistics.median(ts) for ts in times[r]]
+        rounds_ref = [statistics.median(ts) for ts in times[ref]]
+        out[r] = {"step_s": med[r], "round_s": rounds_r, "ratio": med[r] / med[ref],
+                  "round_ratios": [a / b for a, b in zip(rounds_r, rounds_ref)]}
+    return out
+
+
+def spread(result: dict) -> float | None:
+    """max / min - 1 of the PFA rules' median steps (None with fewer than two)."""
+    pfa = [v["step_s"] for r, v in result.items() if r.startswith("pfa-r")]
+    return max(pfa) / min(pfa) - 1 if len(pfa) >= 2 else None
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from ..cli import add_cpu_kernels_argument
+    from ..cpu.threads import usable_cores
+    from ..jit import set_cpu_kernels
+
+    p = argparse.ArgumentParser(prog="python -m minigrad_pfa.bench.samestep",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--rules", default="bp,pfa-r1,pfa-r10,pfa-r30",
+                   help="comma-separated; the first is the reference")
+    p.add_argument("--model", default="resnet20", choices=("resnet20", "mlp"))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=usable_cores())
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per rule and round")
+    add_cpu_kernels_argument(p)
+    a = p.parse_args(argv)
+    if a.cpu_kernels:
+        set_cpu_kernels(a.cpu_kernels)
+    rules = [r.strip() for r in a.rules.split(",") if r.strip()]
+    res = compare(rules, a.model, a.batch, a.threads, a.rounds, a.steps)
+    print(f"{a.model} batch {a.batch}, {a.threads} thread(s), {a.rounds} interleaved rounds of "
+          f"{a.steps} steps per rule, one process (wall clock)")
+    for r, v in res.items():
+        print(f"{r:12s} {v['step_s'] * 1e3:9.1f} ms  x {rules[0]} {v['ratio']:.3f}  rounds "
+              + " ".join(f"{x:.2f}" for x in v["round_ratios"]))
+    s = spread(res)
+    if s is not None:
+        print(f"PFA spread over the r given: {s:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
