@@ -285,10 +285,12 @@ def run_torch_ops(cfg) -> dict:
 def main(argv=None) -> int:
     """``python -m minigrad_pfa.bench.allcore [--model M] [--rule R] [--batch N] [--threads T]
     [--rounds K]``: the operations table of one step at 1 and T threads (fresh processes,
-    interleaved rounds, the fastest round of each operation), and the machine's scaling."""
+    interleaved rounds, odd ones reversed, the fastest round of each operation), and the
+    machine's scaling."""
     import argparse
 
     from ..cpu.threads import usable_cores
+    from .regimes import round_order
     from .runner import run_worker, worker_env
     from .suite import step_config
 
@@ -310,8 +312,8 @@ def main(argv=None) -> int:
     except ImportError:
         impls = ["minigrad"]
     runs = {(impl, t): [] for impl in impls for t in regimes}
-    for _ in range(a.rounds):
-        for impl, t in runs:
+    for k in range(a.rounds):
+        for impl, t in round_order(runs, k):
             cfg = dict(step_config(a.model, a.rule, impl, a.batch, "cpu", a.steps, 2,
                                    "allcore"), kind="ops" if impl == "minigrad" else
                        "torch_ops", threads=t, timer="wall")

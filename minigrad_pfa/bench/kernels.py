@@ -13,8 +13,9 @@ t(K, T) : median wall-clock time of one unit of work (a training step, or a batc
 Method. One model and optimizer (BP, SGD, synthetic in-memory data, as in
 :mod:`minigrad_pfa.bench`); the kernels and the thread count are switched in place
 (:func:`minigrad_pfa.jit.set_cpu_kernels`, :func:`minigrad_pfa.cpu.set_threads`) between
-interleaved rounds, each timing every (T, K) back to back, so a change of the machine's load
-falls into both sides of a ratio. The op part does the same for the training batch norm of
+interleaved rounds, each timing every (T, K) back to back (odd rounds in reverse order,
+:func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine's load falls
+into both sides of a ratio. The op part does the same for the training batch norm of
 ResNet-20's three stages at batch 128 (channels-last float32 (128, c, s, s) for
 (c, s) = (16, 32), (32, 16), (64, 8)), and for their 3x3 stride-1 convolutions (forward,
 weight gradient and input error, c -> c channels), the two stride-2 ones (c -> 2c, the
@@ -106,11 +107,12 @@ def _interleaved(works: dict, threads: list, rounds: int, reps: int) -> dict:
     """{(name, T, K): [median seconds of each round]} for every work, T and K."""
     from ..cpu import set_threads
     from ..jit import set_cpu_kernels
+    from .regimes import round_order
     out = {}
-    for _ in range(rounds):
-        for name, work in works.items():
-            for t in threads:
-                for k in ("numpy", "numba"):
+    for r in range(rounds):
+        for name, work in round_order(works.items(), r):
+            for t in round_order(threads, r):
+                for k in round_order(("numpy", "numba"), r):
                     set_threads(t)
                     set_cpu_kernels(k)
                     work()  # warm-up: the first numba call compiles or loads its cache

@@ -85,6 +85,14 @@ def pool_rounds(results: list[dict]) -> dict:
     return rec
 
 
+def round_order(items, k: int) -> list:
+    """``items`` in the order of round ``k`` (from 0): as given in even rounds, reversed in
+    odd ones, so that each item's place in a round falls on both sides of its neighbours.
+    Every interleaved measurement of the project takes its order from here."""
+    items = list(items)
+    return items[::-1] if k % 2 else items
+
+
 def run_interleaved(steps: list[dict], regimes: list[int], rounds: int, run, log,
                     describe) -> dict:
     """Run ``steps`` under every regime for ``rounds`` interleaved rounds.
@@ -97,11 +105,10 @@ def run_interleaved(steps: list[dict], regimes: list[int], rounds: int, run, log
     for k in range(int(rounds)):
         if rounds > 1:
             log(f"round {k + 1}/{rounds}" + (" (reverse order)" if k % 2 else ""))
-        order = list(enumerate(steps))
-        for i, cfg in (order[::-1] if k % 2 else order):
+        for i, cfg in round_order(enumerate(steps), k):
             if cfg.get("once") and k > 0:
                 continue
-            for t in (regimes[::-1] if k % 2 else regimes):
+            for t in round_order(regimes, k):
                 res = run(cfg, t)
                 if res.get("error"):
                     res.update({key: cfg[key] for key in ("model", "rule", "impl", "batch",

@@ -14,7 +14,8 @@ shared VM the machine's state moves in between: the same engine code measured PF
 at 0.92x, 1.06x and 1.26x BP, and PFA at r = 1 at 0.80x r = 10 in one run's later rounds
 (docs/performance-numba.md, three runs on 2026-12-03). Here every model is built once in one
 process and their steps alternate in rounds (even rounds in the given order, odd rounds
-reversed), so a change of the machine falls into both sides of every ratio.
+reversed: :func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine falls
+into both sides of every ratio.
 
     python -m minigrad_pfa.bench.samestep [--rules bp,pfa-r1,pfa-r10,pfa-r30]
         [--model resnet20] [--batch 128] [--threads T] [--rounds 6] [--steps 3]
@@ -36,6 +37,7 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
     "ratio": step_s / the first rule's, "round_ratios": [per-round ratio]}.
     """
     from ..train import train_step
+    from .regimes import round_order
     from .worker import _minigrad_setup
 
     rules = list(rules)
@@ -53,7 +55,7 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             step(r)
     times = {r: [] for r in rules}
     for k in range(rounds):
-        for r in (rules if k % 2 == 0 else rules[::-1]):
+        for r in round_order(rules, k):
             ts = []
             for _ in range(steps):
                 t0 = time.perf_counter()

@@ -22,7 +22,8 @@ Method. Per model (ResNet-20 at batch 32, the MLP 784-512-512-10 at batch 64; BP
 synthetic in-memory data, as in :mod:`minigrad_pfa.bench`) one model and optimizer are
 built; the engine's thread count is switched in place (:func:`minigrad_pfa.cpu.set_threads`)
 between ``rounds`` interleaved rounds, each timing ``steps`` steps after ``warmup`` at T = 1,
-then at T = N. Interleaving puts a change of the machine's load into both sides of a round.
+then at T = N (odd rounds N first: :func:`minigrad_pfa.bench.regimes.round_order`).
+Interleaving puts a change of the machine's load into both sides of a round.
 Cost: rounds x 2 x (warmup + steps) steps per model.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 
     dict with ``model``, ``batch``, ``threads``, ``t1_s``, ``tn_s`` (medians over the rounds'
     medians), ``speedup``, ``round_speedups`` and ``verdict``.
     """
+    from ..bench.regimes import round_order
     from ..bench.worker import _minigrad_setup, timed_steps
     from ..cpu import set_threads, using_threads
     from ..train import train_step
@@ -67,8 +69,8 @@ def probe_model(model: str, threads: int, batch: int, steps: int, rounds: int = 
             train_step(net, layers, opt, x, y)
 
         t1, tn = [], []
-        for _ in range(rounds):
-            for count, out in ((1, t1), (threads, tn)):
+        for k in range(rounds):  # 1, T, then T, 1, ... (bench.regimes.round_order)
+            for count, out in round_order(((1, t1), (threads, tn)), k):
                 set_threads(count)
                 out.append(statistics.median(
                     timed_steps(step, lambda: None, warmup, steps)["wall"]))

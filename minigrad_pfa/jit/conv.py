@@ -156,10 +156,7 @@ def _make_kernels(gemm, dtype):
                  one.ctypes, Mmat.ctypes, ints[0:].ctypes, d3[n].ctypes, ints[2:].ctypes,
                  zero.ctypes, dcol.ctypes, ints[0:].ctypes)
             x = dx[n]
-            for y in range(h):
-                for xx in range(w):
-                    for ch in range(ic):
-                        x[y, xx, ch] = 0
+            x[:] = 0  # the NumPy fold's zero buffer: 0 + v keeps its additions' bits
             for i in range(kh):
                 for j in range(kw):
                     base = (i * kw + j) * ic
@@ -171,10 +168,9 @@ def _make_kernels(gemm, dtype):
                             xx = ox * sw + j - pw
                             if xx < 0 or xx >= w:
                                 continue
-                            src = dcol[oy * ow + ox, base:base + ic]
-                            dst = x[y, xx]
+                            p = oy * ow + ox
                             for ch in range(ic):
-                                dst[ch] += src[ch]
+                                x[y, xx, ch] += dcol[p, base + ch]
 
     jit = numba.njit(nogil=True)
     return jit(forward), jit(weight_grad), jit(fold)
