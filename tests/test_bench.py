@@ -460,8 +460,9 @@ def test_allcore_breakdown_times_operations_and_regions():
     assert F_conv.conv2d_forward is before  # uninstalled
     for res in (serial, sharded):
         ops = res["operations"]
+        # every BN of a ResNet with option-A shortcuts has a ReLU after it: layer pairs
         for name in ("conv forward", "conv input error", "conv weight gradient",
-                     "BatchNorm forward", "BatchNorm backward", "ReLU forward",
+                     "BN + ReLU forward", "ReLU + BN backward", "BatchNorm backward",
                      "ReLU backward", "optimizer"):
             assert ops[name]["s"] > 0, name
         assert sum(v["s"] for k, v in ops.items() if k != "other") < res["step_s"]

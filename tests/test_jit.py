@@ -81,14 +81,8 @@ def test_batchnorm_kernels_really_shard(monkeypatch):
     """With 2 threads the compiled passes run in shards on two threads (not a serial call
     dressed up): record the threads the forward's affine kernel ran on."""
     from minigrad_pfa.jit import batchnorm as jit_bn
-    moments, affine, sums, dx_rows = jit_bn._kernels()
+    moments, affine, sums, dx_rows, affine_relu = jit_bn._kernels()
     seen = set()
-
-    def spy(*args):
-        seen.add(threading.get_ident())
-        return affine(*args)
-
-    monkeypatch.setattr(jit_bn, "_kernels", lambda: (moments, spy, sums, dx_rows))
     x = np.random.default_rng(2).standard_normal((64, 16, 8, 8))
     barrier = threading.Barrier(2, timeout=10)
 
@@ -97,7 +91,8 @@ def test_batchnorm_kernels_really_shard(monkeypatch):
         barrier.wait()
         return affine(*args)
 
-    monkeypatch.setattr(jit_bn, "_kernels", lambda: (moments, slow_spy, sums, dx_rows))
+    monkeypatch.setattr(jit_bn, "_kernels",
+                        lambda: (moments, slow_spy, sums, dx_rows, affine_relu))
     _bn_step(x, x, "numba", threads=2, min_elements=1)
     assert len(seen) == 2
 
@@ -240,3 +235,106 @@ def test_compiled_relu_has_numpys_bits(dtype, layout, monkeypatch):
         assert calls == [layout != "strided"]
         for a, b in ((y, ref_y), (m, ref_m), (dx, ref_dx)):
             assert a.strides == b.strides and a.tobytes(order="A") == b.tobytes(order="A")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [None, "channels-last", "NCHW"])
+def test_fused_batchnorm_relu_has_the_three_operations_bits(dtype, residual):
+    """``batchnorm_relu_forward`` and ``relu_batchnorm_backward`` under the compiled kernels:
+    one output pass and the mask read inside the batch norm's backward passes give the bits of
+    batchnorm_forward -> elementwise add -> relu_forward and relu_backward ->
+    batchnorm_backward under the same kernels (y, mask, statistics, dx, dgamma, dbeta), on 1
+    and 2 threads, with NaN and signed zeros."""
+    from minigrad_pfa.functional import activation as F_act
+    from minigrad_pfa.functional import elementwise as F_ew
+    rng = np.random.default_rng(8)
+    shape = (32, 8, 6, 6)
+    x = np.ascontiguousarray(rng.standard_normal(shape).transpose(0, 2, 3, 1)).transpose(
+        0, 3, 1, 2).astype(dtype)
+    add = None
+    if residual is not None:
+        add = rng.standard_normal(shape).astype(dtype)
+        add.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]
+        if residual == "channels-last":
+            add = np.ascontiguousarray(add.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    c = shape[1]
+    gamma = (rng.random(c) + 0.5).astype(dtype)
+    gamma[0] = 0.0  # channel 0: y = beta exactly; beta[0] = -0.0 checks the ReLU's zero
+    beta = rng.standard_normal(c).astype(dtype)
+    beta[0] = -0.0
+    dy = rng.standard_normal(shape).astype(dtype)
+
+    def run(fused, threads):
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        with jit.using_cpu_kernels("numba"), cpu.using_threads(threads, min_rows=1,
+                                                               min_elements=1):
+            if fused:
+                y, cache, m = F_bn.batchnorm_relu_forward(x, gamma, beta, rm, rv, add=add,
+                                                          training=True)
+                dx, dg, db = F_bn.relu_batchnorm_backward(dy, m, cache)
+            else:
+                y, cache = F_bn.batchnorm_forward(x, gamma, beta, rm, rv, training=True)
+                if add is not None:
+                    y = F_ew.add(y, add)
+                y, m = F_act.relu_forward(y)
+                dx, dg, db = F_bn.batchnorm_backward(F_act.relu_backward(dy, m), cache)
+        return y, m, rm, rv, dx, dg, db
+
+    ref = run(False, 1)
+    for threads in (1, 2):
+        got = run(True, threads)
+        for name, a, b in zip("y mask running_mean running_var dx dgamma dbeta".split(),
+                              got, ref):
+            assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), \
+                (name, threads)
+        for a in got[:2]:  # BN's channels-last output layout (NumPy's sum of two layouts: C)
+            assert a.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert ref[1].any() and not ref[1].all()
+
+
+def test_resnet_block_uses_one_output_pass(monkeypatch):
+    """Under the compiled kernels a ResNet-8 forward runs each BN -> (residual) -> ReLU as
+    one fused pass (the stem's pair through Sequential, both of every block's), the backward
+    the ReLU -> BN pairs in the batch norm's passes, and its outputs and gradients equal
+    those of the layers called one by one."""
+    from minigrad_pfa.jit import batchnorm as jit_bn
+    from minigrad_pfa.nn import CifarResNet, finalize, init_model
+    from minigrad_pfa.nn import layers as L
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((8, 10)).astype(np.float32)
+
+    def run(fused):
+        model = init_model(finalize(CifarResNet(depth=8)), 0)
+        calls, masked = [], []
+        real, real_bwd = jit_bn.train_forward, jit_bn.train_backward
+        monkeypatch.setattr(jit_bn, "train_forward",
+                            lambda *a, **k: (calls.append((k.get("relu"),
+                                                           k.get("add") is not None)),
+                                             real(*a, **k))[1])
+        monkeypatch.setattr(jit_bn, "train_backward",
+                            lambda *a, **k: (masked.append(k.get("mask") is not None),
+                                             real_bwd(*a, **k))[1])
+        if not fused:  # the layers one by one: BN's forward, then the ReLU module's
+            monkeypatch.setattr(L._BatchNorm, "forward_relu",
+                                lambda self, x, relu, add=None: relu.forward(
+                                    self.forward(x) if add is None else
+                                    F_ew.add(self.forward(x), add)))
+            monkeypatch.setattr(L._BatchNorm, "backward_relu",
+                                lambda self, dy, relu, ctx=None: self.backward(
+                                    relu.backward(dy, ctx), ctx))
+        with jit.using_cpu_kernels("numba"):
+            out = model.forward(x)
+            model.backward(dy)
+        monkeypatch.undo()
+        grads = [p.grad.copy() for _, p in model.named_parameters()]
+        return out, grads, calls, masked
+
+    from minigrad_pfa.functional import elementwise as F_ew
+    out, grads, calls, masked = run(True)
+    ref_out, ref_grads, ref_calls, ref_masked = run(False)
+    assert calls == [(True, False)] + [(True, False), (True, True)] * 3
+    assert masked == [False, True] * 3 + [True]  # blocks' bn2, bn1 (backward order), stem
+    assert set(ref_calls) == {(False, False)} and set(ref_masked) == {False}
+    assert out.tobytes() == ref_out.tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(grads, ref_grads))

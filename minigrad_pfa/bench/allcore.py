@@ -16,7 +16,8 @@ with more than one shard) are timed inside each operation::
                 slowest shard and the pool's hand-off)
     other       step time - sum of t_op: Python between the operations, the loss,
                 pooling, the shortcuts (the optimizer's step and the residual sums
-                are operations)
+                are operations; a BN -> residual sum -> ReLU tail of a ResNet block is
+                one operation, "BN + ReLU forward")
 
 Run at 1 thread and at T threads, ``t_op(1) / t_op(T)`` is the operation's speed-up.
 
@@ -49,6 +50,10 @@ OPERATIONS = {
     "PFA channel product": ("conv", "channel_matmul"),
     "BatchNorm forward": ("batchnorm", "batchnorm_forward"),
     "BatchNorm backward": ("batchnorm", "batchnorm_backward"),
+    # a BN -> (residual sum) -> ReLU layer pair: one pass with the compiled kernels, else
+    # the three operations (counted here, as the outermost call)
+    "BN + ReLU forward": ("batchnorm", "batchnorm_relu_forward"),
+    "ReLU + BN backward": ("batchnorm", "relu_batchnorm_backward"),
     "ReLU forward": ("activation", "relu_forward"),
     "ReLU backward": ("activation", "relu_backward"),
     "residual sum": ("elementwise", "add"),

@@ -46,6 +46,8 @@ from ..backend import get_array_module
 from ..cpu import batchnorm as _cpu_bn
 from ..cpu.threads import is_blocked
 from ..jit import active as _jit_active
+from . import activation as F_act
+from . import elementwise as F_ew
 from .fused import kernels
 
 _FLOAT_DTYPES = ("float32", "float64")
@@ -184,6 +186,51 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
         Wrong ranks, shapes or dtypes, or a single value per channel in training mode
         (the variance would be undefined; PyTorch raises too).
     """
+    y, cache, _ = _forward(x, gamma, beta, running_mean, running_var, training, momentum,
+                           eps, update_stats, reduce)
+    return y, cache
+
+
+def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=None,
+                           training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                           update_stats: bool = True, reduce=None):
+    """``relu(batchnorm(x) + add)``: a BN -> ReLU pair, or a ResNet block's tail with ``add``.
+
+    Parameters as :func:`batchnorm_forward`, and ``add``, an array of the shape of ``x``
+    (None: no residual).
+
+    Returns
+    -------
+    y : array of the shape of ``x`` (channels-last when 4-D).
+    cache : dict for :func:`batchnorm_backward`.
+    mask : bool array like ``y``, the cache of :func:`activation.relu_backward`.
+
+    Notes
+    -----
+    With the compiled kernels (``--cpu-kernels numba``) in training mode, the output pass
+    computes the normalisation, the residual sum and the ReLU of each value in one go: the
+    same operations in the same order, so the bits of the three functions one after the
+    other, without writing and reading back two (three) intermediate arrays. Otherwise it is
+    exactly those three functions.
+    """
+    xp = get_array_module(x)
+    if training and _jit_active(xp) and (add is None or tuple(add.shape) == tuple(x.shape)):
+        y, cache, mask = _forward(x, gamma, beta, running_mean, running_var, training,
+                                  momentum, eps, update_stats, reduce, relu=True, add=add)
+        return y, cache, _unflat(mask, x.shape)
+    y, cache = batchnorm_forward(x, gamma, beta, running_mean, running_var,
+                                 training=training, momentum=momentum, eps=eps,
+                                 update_stats=update_stats, reduce=reduce)
+    if add is not None:
+        y = F_ew.add(y, add)
+    y, mask = F_act.relu_forward(y)
+    return y, cache, mask
+
+
+def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+             update_stats, reduce, relu=False, add=None):
+    """:func:`batchnorm_forward`'s work: (y, cache, mask). ``relu`` / ``add`` only on the
+    compiled training path (the ReLU's mask, else None)."""
     if x.ndim not in (2, 4):
         raise ValueError(f"batchnorm: expected x of shape (n, c) or (n, c, h, w), "
                          f"got {tuple(x.shape)}")
@@ -203,11 +250,13 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     F, r = _flat(x)
     m = F.shape[0] * r
     xp = get_array_module(x)
+    mask = None
     if training:
         if _jit_active(xp):  # --cpu-kernels numba: compiled passes (jit.batchnorm)
             from ..jit import batchnorm as _jit_bn
-            y, mean, var, inv_std, m = _jit_bn.train_forward(F, r, gamma, beta, eps, reduce,
-                                                             x.shape)
+            S = None if add is None else _flat(add)[0]
+            y, mean, var, inv_std, m, mask = _jit_bn.train_forward(
+                F, r, gamma, beta, eps, reduce, x.shape, relu=relu, add=S)
             # F itself rather than xc (the compiled backward forms F - mu on the fly): the
             # forward writes y alone; F is this layer's input, which nothing changes later
             saved = {"jit": True, "x": F, "mean": mean}
@@ -236,7 +285,39 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
         # (c,) vectors are copied so that later in-place updates cannot change the backward
         cache = {"training": False, "x": F, "r": r, "mean": running_mean.copy(),
                  "inv_std": inv_std, "gamma": gamma.copy(), "shape": tuple(x.shape)}
-    return _unflat(y, x.shape), cache
+    return _unflat(y, x.shape), cache, mask
+
+
+def relu_batchnorm_backward(dy, mask, cache):
+    """The backward of BN -> ReLU: ``batchnorm_backward(relu_backward(dy, mask), cache)``.
+
+    Parameters
+    ----------
+    dy : error at the ReLU's output, the shape of the forward input.
+    mask : the ReLU's cache (:func:`batchnorm_relu_forward` or ``activation.relu_forward``).
+    cache : dict from :func:`batchnorm_forward` or :func:`batchnorm_relu_forward`.
+
+    Returns
+    -------
+    dx, dgamma, dbeta as :func:`batchnorm_backward`.
+
+    Notes
+    -----
+    When the forward ran the compiled passes, the batch norm's two passes read ``dy`` and the
+    mask themselves (``dy if mask else dy * 0``, the ReLU's bits): the masked error is never
+    written. Otherwise (and for arguments the two functions reject, so that they raise) the
+    two functions one after the other.
+    """
+    if cache.get("jit") and tuple(dy.shape) == cache["shape"] == tuple(mask.shape) \
+            and dy.dtype == cache["inv_std"].dtype and mask.dtype == bool:
+        D, r = _flat(dy)
+        M, _ = _flat(mask)
+        from ..jit import batchnorm as _jit_bn
+        dx, dgamma, dbeta = _jit_bn.train_backward(D, cache["x"], cache["mean"], r,
+                                                   cache["inv_std"], cache["gamma"],
+                                                   cache["m"], cache["reduce"], mask=M)
+        return _unflat(dx, cache["shape"]), dgamma, dbeta
+    return batchnorm_backward(F_act.relu_backward(dy, mask), cache)
 
 
 def batchnorm_backward(dy, cache):

@@ -20,7 +20,10 @@ are *not* the NumPy path's bits (they accumulate in float64 and keep other tempo
 tests compare the two to a tolerance and each with itself across thread counts.
 
 Where: only NumPy arrays (CuPy has its own fused kernels, :mod:`minigrad_pfa.functional.fused`).
-What is compiled: the training batch norm (:mod:`.batchnorm`); ReLU forward and backward
+What is compiled: the training batch norm (:mod:`.batchnorm`), with a ReLU after it (and a
+ResNet block's residual sum before that ReLU) in its output pass and the ReLU's mask read in
+its backward passes when the layers come in that order (``nn.layers._BatchNorm.forward_relu``,
+the same bits as the layers one by one); ReLU forward and backward
 (:mod:`.activation`, one pass each, NumPy's bits); the stride-1 convolutions
 with a kernel wider than 1x1 (:mod:`.conv`: forward, the input error that is a forward of
 the error, the weight gradient), where per sample the row taps are built in cache and handed

@@ -329,6 +329,29 @@ class _BatchNorm(Module):
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
 
     def forward(self, x):
+        return self._forward(x, F_bn.batchnorm_forward)
+
+    def forward_relu(self, x, relu: "ReLU", add=None):
+        """``relu(self(x) + add)`` with ``relu``'s cache filled for its backward pass.
+
+        ``F_bn.batchnorm_relu_forward``: one pass over the output with the compiled kernels,
+        else this layer, the residual sum and ``relu`` one after the other (the same bits).
+        """
+        def bn_relu(*args, **kwargs):
+            y, cache, relu.cache["relu"] = F_bn.batchnorm_relu_forward(*args, add=add,
+                                                                       **kwargs)
+            return y, cache
+
+        return self._forward(x, bn_relu)
+
+    def backward_relu(self, dy, relu: "ReLU", ctx=None):
+        """``self.backward(relu.backward(dy))``, the ReLU's mask read inside the batch norm's
+        passes where its forward ran compiled (``F_bn.relu_batchnorm_backward``)."""
+        dx, self.weight.grad, self.bias.grad = F_bn.relu_batchnorm_backward(
+            dy, relu.cache["relu"], self.cache["bn"])
+        return dx
+
+    def _forward(self, x, bn_forward):
         if x.ndim != self._ndim or x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}: expected {self._ndim}-D input with "
                              f"{self.num_features} channels, got {tuple(x.shape)}")
@@ -337,7 +360,7 @@ class _BatchNorm(Module):
         group = current_parallel_group()
         reduce = group.reduce_sum if self.training and group is not None and group.sync_bn \
             else None
-        y, self.cache["bn"] = F_bn.batchnorm_forward(
+        y, self.cache["bn"] = bn_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             training=self.training, momentum=self.momentum, eps=self.eps,
             update_stats=update, reduce=reduce)
@@ -388,13 +411,31 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def forward(self, x):
-        for m in self._modules.values():
+        # a BatchNorm followed by a ReLU runs as one layer (forward_relu / backward_relu):
+        # the same operations, fewer passes over memory with the compiled kernels
+        mods = list(self._modules.values())
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            if isinstance(m, _BatchNorm) and i + 1 < len(mods) and type(mods[i + 1]) is ReLU:
+                x = m.forward_relu(x, mods[i + 1])  # BN -> ReLU: one output pass
+                i += 2
+                continue
             x = m.forward(x)
+            i += 1
         return x
 
     def backward(self, dy, ctx=None):
-        for m in reversed(list(self._modules.values())):
-            dy = m.backward(dy, ctx)
+        mods = list(self._modules.values())
+        i = len(mods) - 1
+        while i >= 0:
+            m = mods[i]
+            if type(m) is ReLU and i > 0 and isinstance(mods[i - 1], _BatchNorm):
+                dy = mods[i - 1].backward_relu(dy, m, ctx)  # ReLU -> BN: the BN's passes
+                i -= 2
+            else:
+                dy = m.backward(dy, ctx)
+                i -= 1
             if dy is None:  # below the first weight layer nothing needs an error
                 return None
         return dy

@@ -7,6 +7,10 @@ Backward of a block (exact under every rule; only the weight layers inside use t
     out   = relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))
     d     = relu2.backward(dy)
     dx    = branch.backward(d) + shortcut.backward(d)
+
+bn1 -> relu1 and bn2 -> (+ shortcut) -> relu2 run as layer pairs
+(:meth:`~minigrad_pfa.nn.layers._BatchNorm.forward_relu`, ``backward_relu``): one pass over
+memory each with ``--cpu-kernels numba``, the layers one by one otherwise; the same bits.
 """
 from __future__ import annotations
 
@@ -93,18 +97,18 @@ class BasicBlock(Module):
                 object.__setattr__(self, "shortcut", self.downsample)
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        # not in place: BN's cache may hold its output
-        out = F_ew.add(out, x if self.shortcut is None else self.shortcut(x))
-        return self.relu2(out)
+        # BN -> ReLU and BN -> residual sum -> ReLU, each one output pass where the compiled
+        # kernels run (_BatchNorm.forward_relu; else the same operations one by one)
+        out = self.bn1.forward_relu(self.conv1(x), self.relu1)
+        out = self.conv2(out)
+        return self.bn2.forward_relu(out, self.relu2,
+                                     add=x if self.shortcut is None else self.shortcut(x))
 
     def backward(self, dy, ctx=None):
         d = self.relu2.backward(dy, ctx)
         dbranch = self.bn2.backward(d, ctx)
         dbranch = self.conv2.backward(dbranch, ctx)
-        dbranch = self.relu1.backward(dbranch, ctx)
-        dbranch = self.bn1.backward(dbranch, ctx)
+        dbranch = self.bn1.backward_relu(dbranch, self.relu1, ctx)
         dbranch = self.conv1.backward(dbranch, ctx)
         dshort = d if self.shortcut is None else self.shortcut.backward(d, ctx)
         if dbranch is None:
