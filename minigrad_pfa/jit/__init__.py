@@ -64,6 +64,12 @@ Tried and not adopted (Intel Xeon VM, 2 vCPUs, December 2026; one thread unless 
   operations on the engine's pool, whose helper then competes with a spinning OpenMP worker.
 * The row taps copied through (kw, c) views of the taps buffer: 3.4x slower than indexing
   the buffer directly (27 against 92 us per sample at 16 channels, 32 x 32).
+* The batch norm's sums over positions with several positions added before each update of
+  the (c,) float64 accumulator (which Numba keeps in memory, so each update waits for the
+  previous store): the statistics and error-sum passes alone ran 1.0-1.3x (up to 2x) as
+  fast at 16-64 channels, batch 128, one thread, but ResNet-20 BP steps at batch 128 in
+  one process, 8 interleaved rounds each, gave 0.94x and 0.99x the time on 2 threads and
+  1.01x and 1.04x on 1: no gain a step shows, for two loops' remainder handling.
 * A strided layer's forward and weight gradient as compiled sample loops (each sample's whole
   im2col built in cache, one GEMM of its oh*ow rows): ResNet-20's two stride-2 layers at
   batch 128 ran 0.99-1.40x NumPy's chunked path forward and 0.80-1.17x for the weight
