@@ -70,6 +70,10 @@ Tried and not adopted (Intel Xeon VM, 2 vCPUs, December 2026; one thread unless 
   fast at 16-64 channels, batch 128, one thread, but ResNet-20 BP steps at batch 128 in
   one process, 8 interleaved rounds each, gave 0.94x and 0.99x the time on 2 threads and
   1.01x and 1.04x on 1: no gain a step shows, for two loops' remainder handling.
+* The row taps copied as one run of kw*c values where a window lies inside the row (through a
+  row view, or a flat view with slice assignment) instead of kw runs of c values: 0.4-0.6x
+  and 0.25-0.3x the speed at 16-64 channels (batch 128, 3x3, one thread); the taps of the
+  16-channel layers take 2.0-2.2 ms of a 9 ms forward there, the GEMMs the rest.
 * A strided layer's forward and weight gradient as compiled sample loops (each sample's whole
   im2col built in cache, one GEMM of its oh*ow rows): ResNet-20's two stride-2 layers at
   batch 128 ran 0.99-1.40x NumPy's chunked path forward and 0.80-1.17x for the weight
