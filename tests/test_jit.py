@@ -338,3 +338,21 @@ def test_resnet_block_uses_one_output_pass(monkeypatch):
     assert set(ref_calls) == {(False, False)} and set(ref_masked) == {False}
     assert out.tobytes() == ref_out.tobytes()
     assert all(a.tobytes() == b.tobytes() for a, b in zip(grads, ref_grads))
+
+
+def test_fused_batchnorm_relu_leaves_other_residuals_to_numpy():
+    """A residual of another dtype is not cast into the fused pass: the three operations run,
+    and NumPy's promotion gives a float64 output, as without the compiled kernels."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    add = rng.standard_normal(x.shape)  # float64
+    c = x.shape[1]
+    outs = []
+    for kernels in ("numba", "numpy"):
+        with jit.using_cpu_kernels(kernels):
+            y, _, m = F_bn.batchnorm_relu_forward(x, np.ones(c, np.float32),
+                                                  np.zeros(c, np.float32), None, None,
+                                                  add=add, training=True, update_stats=False)
+        outs.append((y, m))
+    assert outs[0][0].dtype == outs[1][0].dtype == np.float64
+    assert _rel(outs[0][0], outs[1][0]) < 1e-6 and np.array_equal(outs[0][1], outs[1][1])

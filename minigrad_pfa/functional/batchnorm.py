@@ -197,7 +197,8 @@ def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=Non
     """``relu(batchnorm(x) + add)``: a BN -> ReLU pair, or a ResNet block's tail with ``add``.
 
     Parameters as :func:`batchnorm_forward`, and ``add``, an array of the shape of ``x``
-    (None: no residual).
+    (None: no residual; another shape or dtype takes the three functions, whose addition
+    broadcasts and promotes as NumPy does).
 
     Returns
     -------
@@ -214,7 +215,8 @@ def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=Non
     exactly those three functions.
     """
     xp = get_array_module(x)
-    if training and _jit_active(xp) and (add is None or tuple(add.shape) == tuple(x.shape)):
+    if training and _jit_active(xp) and (add is None or (tuple(add.shape) == tuple(x.shape)
+                                                        and add.dtype == x.dtype)):
         y, cache, mask = _forward(x, gamma, beta, running_mean, running_var, training,
                                   momentum, eps, update_stats, reduce, relu=True, add=add)
         return y, cache, _unflat(mask, x.shape)
