@@ -281,7 +281,19 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert data["profiles"] and all(not p.get("error") for p in data["profiles"])
     ops = data["allcore"]["ops"]["1"]  # the all-core breakdown ran (one regime here)
     assert ops["step_s"] > 0 and ops["operations"]["conv forward"]["s"] > 0
+    assert ops["rounds"] == data["machine"]["rounds"]  # one run per round, the fastest kept
     assert data["allcore"]["scaling"]["threads"] == 1
+
+
+def test_allcore_keeps_the_least_disturbed_whole_run():
+    """fastest_run: the run with the shortest step (its operations together, not each
+    operation's minimum), failed runs skipped, an error only when every run failed."""
+    from minigrad_pfa.bench.allcore import fastest_run
+    a = {"step_s": 0.5, "operations": {"conv forward": {"s": 0.1}}}
+    b = {"step_s": 0.4, "operations": {"conv forward": {"s": 0.2}}}
+    got = fastest_run([a, {"error": "killed"}, b])
+    assert got["operations"] == b["operations"] and got["rounds"] == 3
+    assert fastest_run([{"error": "x"}, {"error": "y"}]) == {"error": "y"}
 
 
 def test_cpu_timer_needs_one_thread():

@@ -202,7 +202,10 @@ def _allcore_section(allcore) -> list[str]:
              f"{hi['batch']}), {lo['threads']} vs {T} threads", "",
              "Wall time per step of each operation the layers call "
              "(`minigrad_pfa.bench.allcore`, outermost calls only, "
-             f"{hi['steps']} steps after warm-up, one run each), the share of it spent in "
+             f"{hi['steps']} steps after warm-up, "
+             + (f"the run with the shortest step of {hi['rounds']} interleaved runs each"
+                if hi.get("rounds", 1) > 1 else "one run each") +
+             "), the share of it spent in "
              "the pool's parallel regions, and how busy the threads were there (shard time "
              "/ (threads x region time); the rest is waiting for the slowest shard and the "
              "hand-off). *other*: Python between the operations, the loss, pooling and the "
