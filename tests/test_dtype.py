@@ -65,21 +65,6 @@ class Recorder:
 
         object.__setattr__(m, "forward", forward)
         object.__setattr__(m, "backward", backward)
-        if hasattr(m, "forward_relu"):  # a BN that runs with the ReLU after it as one layer
-            fwd_relu, bwd_relu = m.forward_relu, m.backward_relu
-
-            def forward_relu(x, relu, add=None):
-                y = fwd_relu(x, relu, add)
-                rec.append((f"{name}.forward_relu", y))
-                return y
-
-            def backward_relu(dy, relu, ctx=None):
-                dx = bwd_relu(dy, relu, ctx)
-                rec.append((f"{name}.backward_relu", dx))
-                return dx
-
-            object.__setattr__(m, "forward_relu", forward_relu)
-            object.__setattr__(m, "backward_relu", backward_relu)
 
 
 def arrays_in(obj, where, seen=None):
@@ -178,9 +163,7 @@ def test_float32_step_creates_no_float64(kind, rule, opt_name):
             assert p.data.dtype == np.float32, name
             if p.requires_grad:
                 assert p.grad is not None and p.grad.dtype == np.float32, name
-    # every module's forward and backward ran and were seen (a BN -> ReLU pair as one call)
-    pairs = sum(1 for n, _ in rec.outputs if n.endswith("_relu"))
-    assert len(rec.outputs) + pairs > 2 * len(list(model.named_modules())) - 2
+    assert len(rec.outputs) > 2 * len(list(model.named_modules())) - 2
     assert np.isfinite(float(loss))
 
 

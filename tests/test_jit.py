@@ -280,16 +280,27 @@ def test_fused_batchnorm_relu_has_the_three_operations_bits(dtype, residual):
                 dx, dg, db = F_bn.batchnorm_backward(F_act.relu_backward(dy, m), cache)
         return y, m, rm, rv, dx, dg, db
 
+    from minigrad_pfa.jit import batchnorm as jit_bn
+    fused_calls = []
+    real = jit_bn.train_forward
+
+    def spy(*a, **k):
+        fused_calls.append(bool(k.get("relu")))
+        return real(*a, **k)
+
     ref = run(False, 1)
     for threads in (1, 2):
-        got = run(True, threads)
+        jit_bn.train_forward = spy
+        try:
+            got = run(True, threads)
+        finally:
+            jit_bn.train_forward = real
         for name, a, b in zip("y mask running_mean running_var dx dgamma dbeta".split(),
                               got, ref):
-            assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), \
-                (name, threads)
-        for a in got[:2]:  # BN's channels-last output layout (NumPy's sum of two layouts: C)
-            assert a.transpose(0, 2, 3, 1).flags.c_contiguous
+            assert a.strides == b.strides, (name, threads)  # an NCHW residual: not fused
+            assert a.tobytes(order="A") == b.tobytes(order="A"), (name, threads)
     assert ref[1].any() and not ref[1].all()
+    assert fused_calls == [residual != "NCHW"] * 2  # the one pass ran, where it applies
 
 
 def test_resnet_block_uses_one_output_pass(monkeypatch):
@@ -356,3 +367,40 @@ def test_fused_batchnorm_relu_leaves_other_residuals_to_numpy():
         outs.append((y, m))
     assert outs[0][0].dtype == outs[1][0].dtype == np.float64
     assert _rel(outs[0][0], outs[1][0]) < 1e-6 and np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_layer_pairs_respect_replaced_layers_and_take_2d_inputs():
+    """Only the engine's own BatchNorm and ReLU, unmodified, pair up (nn.layers.fusable): a
+    subclass or a forward replaced on the instance runs its own code; a BatchNorm1d -> ReLU
+    pair (2-D, r = 1) gives the bits of the layers one by one."""
+    from minigrad_pfa.nn import BatchNorm1d, BasicBlock, ReLU, Sequential
+    from minigrad_pfa.nn.layers import fusable
+
+    class ScaledBN(BatchNorm1d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class LeakyReLU(ReLU):
+        def forward(self, x):
+            self.cache["relu"] = np.ones(x.shape, bool)
+            return np.where(x > 0, x, 0.5 * x)
+
+    x = np.random.default_rng(4).standard_normal((16, 3)).astype(np.float32)
+    with jit.using_cpu_kernels("numba"):
+        assert fusable(BatchNorm1d(3), ReLU())
+        assert not fusable(ScaledBN(3), ReLU()) and not fusable(BatchNorm1d(3), LeakyReLU())
+        assert np.array_equal(Sequential(ScaledBN(3), ReLU()).forward(x),
+                              ReLU().forward(ScaledBN(3).forward(x)))
+        wrapped = ReLU()
+        object.__setattr__(wrapped, "forward", lambda a: a * 0 + 7)
+        assert (Sequential(BatchNorm1d(3), wrapped).forward(x) == 7).all()
+        pair, (bn, relu) = Sequential(BatchNorm1d(3), ReLU()), (BatchNorm1d(3), ReLU())
+        assert pair.forward(x).tobytes() == relu.forward(bn.forward(x)).tobytes()
+        dy = np.ones_like(x)
+        assert pair.backward(dy).tobytes() == bn.backward(relu.backward(dy)).tobytes()
+        block = BasicBlock(4, 4)
+        object.__setattr__(block, "relu1", LeakyReLU())  # replaced after construction
+        z = np.random.default_rng(5).standard_normal((2, 4, 4, 4)).astype(np.float32)
+        block.forward(z)
+        # the subclass's own forward ran (a fused pass would store BN's sign pattern)
+        assert block.relu1.cache["relu"].all() and not block.relu2.cache["relu"].all()

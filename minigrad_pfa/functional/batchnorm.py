@@ -197,12 +197,13 @@ def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=Non
     """``relu(batchnorm(x) + add)``: a BN -> ReLU pair, or a ResNet block's tail with ``add``.
 
     Parameters as :func:`batchnorm_forward`, and ``add``, an array of the shape of ``x``
-    (None: no residual; another shape or dtype takes the three functions, whose addition
-    broadcasts and promotes as NumPy does).
+    (None: no residual; another shape, dtype or memory layout than the batch norm's output
+    takes the three functions, whose addition broadcasts, promotes and lays out as NumPy's).
 
     Returns
     -------
-    y : array of the shape of ``x`` (channels-last when 4-D).
+    y : array of the shape of ``x``, in the layout of ``batchnorm_forward``'s output (channels-
+        last when 4-D) or, with ``add``, of that output plus ``add``.
     cache : dict for :func:`batchnorm_backward`.
     mask : bool array like ``y``, the cache of :func:`activation.relu_backward`.
 
@@ -211,12 +212,11 @@ def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=Non
     With the compiled kernels (``--cpu-kernels numba``) in training mode, the output pass
     computes the normalisation, the residual sum and the ReLU of each value in one go: the
     same operations in the same order, so the bits of the three functions one after the
-    other, without writing and reading back two (three) intermediate arrays. Otherwise it is
+    other, without writing and reading back one (two) intermediate arrays. Otherwise it is
     exactly those three functions.
     """
     xp = get_array_module(x)
-    if training and _jit_active(xp) and (add is None or (tuple(add.shape) == tuple(x.shape)
-                                                        and add.dtype == x.dtype)):
+    if training and _jit_active(xp) and (add is None or _fits_output(add, x)):
         y, cache, mask = _forward(x, gamma, beta, running_mean, running_var, training,
                                   momentum, eps, update_stats, reduce, relu=True, add=add)
         return y, cache, _unflat(mask, x.shape)
@@ -227,6 +227,16 @@ def batchnorm_relu_forward(x, gamma, beta, running_mean, running_var, *, add=Non
         y = F_ew.add(y, add)
     y, mask = F_act.relu_forward(y)
     return y, cache, mask
+
+
+def _fits_output(add, x) -> bool:
+    """``add`` is an array of x's shape and dtype laid out as the batch norm's output
+    (channels-last when 4-D, C-ordered when 2-D): then the sum has that layout both ways, and
+    the fused pass gives what the three functions give (another layout: NumPy's sum of two
+    layouts is C-ordered)."""
+    if getattr(add, "shape", None) != tuple(x.shape) or add.dtype != x.dtype:
+        return False
+    return (add.transpose(0, 2, 3, 1) if add.ndim == 4 else add).flags.c_contiguous
 
 
 def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,

@@ -18,6 +18,7 @@ from ..cpu.threads import GEMM_MACS_PER_ELEMENT
 from ..functional import activation as F_act
 from ..functional import batchnorm as F_bn
 from ..functional import conv as F_conv
+from ..functional import elementwise as F_ew
 from ..functional import linear as F_lin
 from ..functional import pooling as F_pool
 from ..distributed.context import current as current_parallel_group
@@ -388,6 +389,33 @@ class BatchNorm2d(_BatchNorm):
     _ndim = 4
 
 
+def fusable(bn, relu) -> bool:
+    """True when ``bn`` -> ``relu`` may run as one layer (:meth:`_BatchNorm.forward_relu`):
+    both exactly the engine's classes, with no ``forward`` / ``backward`` replaced on the
+    instance (a subclass, a hook or a wrapper then keeps its own code)."""
+    return type(bn) in (BatchNorm1d, BatchNorm2d) and type(relu) is ReLU and \
+        not ({"forward", "backward", "forward_relu", "backward_relu"}
+             & (vars(bn).keys() | vars(relu).keys()))
+
+
+def bn_relu(bn, relu, x, add=None):
+    """``relu(bn(x) [+ add])``: one layer pair where :func:`fusable`, else the layers (and the
+    residual sum) one by one; the same bits either way."""
+    if fusable(bn, relu):
+        return bn.forward_relu(x, relu, add=add)
+    y = bn(x)
+    # not in place: BN's cache may hold its output
+    return relu(y if add is None else F_ew.add(y, add))
+
+
+def relu_bn_backward(bn, relu, dy, ctx=None):
+    """The backward of :func:`bn_relu` without a residual: ``bn.backward(relu.backward(dy))``,
+    the mask read in the batch norm's passes where :func:`fusable`."""
+    if fusable(bn, relu):
+        return bn.backward_relu(dy, relu, ctx)
+    return bn.backward(relu.backward(dy, ctx), ctx)
+
+
 class Sequential(Module):
     """Children applied in order; backward in reverse. Children are named "0", "1", ...
     unless given as an ordered dict."""
@@ -417,8 +445,8 @@ class Sequential(Module):
         i = 0
         while i < len(mods):
             m = mods[i]
-            if isinstance(m, _BatchNorm) and i + 1 < len(mods) and type(mods[i + 1]) is ReLU:
-                x = m.forward_relu(x, mods[i + 1])  # BN -> ReLU: one output pass
+            if i + 1 < len(mods) and fusable(m, mods[i + 1]):
+                x = bn_relu(m, mods[i + 1], x)  # BN -> ReLU: one output pass
                 i += 2
                 continue
             x = m.forward(x)
@@ -430,8 +458,8 @@ class Sequential(Module):
         i = len(mods) - 1
         while i >= 0:
             m = mods[i]
-            if type(m) is ReLU and i > 0 and isinstance(mods[i - 1], _BatchNorm):
-                dy = mods[i - 1].backward_relu(dy, m, ctx)  # ReLU -> BN: the BN's passes
+            if i > 0 and fusable(mods[i - 1], m):
+                dy = relu_bn_backward(mods[i - 1], m, dy, ctx)  # ReLU -> BN: the BN's passes
                 i -= 2
             else:
                 dy = m.backward(dy, ctx)

@@ -8,9 +8,11 @@ Backward of a block (exact under every rule; only the weight layers inside use t
     d     = relu2.backward(dy)
     dx    = branch.backward(d) + shortcut.backward(d)
 
-bn1 -> relu1 and bn2 -> (+ shortcut) -> relu2 run as layer pairs
-(:meth:`~minigrad_pfa.nn.layers._BatchNorm.forward_relu`, ``backward_relu``): one pass over
-memory each with ``--cpu-kernels numba``, the layers one by one otherwise; the same bits.
+Forward, bn1 -> relu1 and bn2 -> (+ shortcut) -> relu2 run as layer pairs
+(:meth:`~minigrad_pfa.nn.layers._BatchNorm.forward_relu`): with ``--cpu-kernels numba`` the
+normalisation, residual sum and ReLU in one output pass (after the statistics pass); backward,
+relu1 -> bn1 (``backward_relu``: the mask read in the batch norm's passes; relu2's error ``d``
+also feeds the shortcut, so it is written). The layers one by one otherwise; the same bits.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from collections import OrderedDict
 from ..backend import get_array_module
 from ..functional import elementwise as F_ew
 from .layers import (BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
-                     Sequential)
+                     Sequential, bn_relu, relu_bn_backward)
 from .module import Module
 
 
@@ -97,18 +99,17 @@ class BasicBlock(Module):
                 object.__setattr__(self, "shortcut", self.downsample)
 
     def forward(self, x):
-        # BN -> ReLU and BN -> residual sum -> ReLU, each one output pass where the compiled
-        # kernels run (_BatchNorm.forward_relu; else the same operations one by one)
-        out = self.bn1.forward_relu(self.conv1(x), self.relu1)
-        out = self.conv2(out)
-        return self.bn2.forward_relu(out, self.relu2,
-                                     add=x if self.shortcut is None else self.shortcut(x))
+        # BN -> ReLU and BN -> residual sum -> ReLU as layer pairs (nn.layers.bn_relu): one
+        # output pass each with the compiled kernels, where they are the engine's own layers
+        out = self.conv2(bn_relu(self.bn1, self.relu1, self.conv1(x)))
+        return bn_relu(self.bn2, self.relu2, out,
+                       add=x if self.shortcut is None else self.shortcut(x))
 
     def backward(self, dy, ctx=None):
         d = self.relu2.backward(dy, ctx)
         dbranch = self.bn2.backward(d, ctx)
         dbranch = self.conv2.backward(dbranch, ctx)
-        dbranch = self.bn1.backward_relu(dbranch, self.relu1, ctx)
+        dbranch = relu_bn_backward(self.bn1, self.relu1, dbranch, ctx)
         dbranch = self.conv1.backward(dbranch, ctx)
         dshort = d if self.shortcut is None else self.shortcut.backward(d, ctx)
         if dbranch is None:
