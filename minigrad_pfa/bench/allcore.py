@@ -305,8 +305,8 @@ def run_torch_ops(cfg) -> dict:
 def main(argv=None) -> int:
     """``python -m minigrad_pfa.bench.allcore [--model M] [--rule R] [--batch N] [--threads T]
     [--rounds K]``: the operations table of one step at 1 and T threads (fresh processes,
-    interleaved rounds, odd ones reversed, the fastest round of each operation), and the
-    machine's scaling."""
+    interleaved rounds, odd ones reversed, the run with the shortest step of each:
+    :func:`fastest_run`), and the machine's scaling."""
     import argparse
 
     from ..cpu.threads import usable_cores
@@ -342,11 +342,10 @@ def main(argv=None) -> int:
                 print(f"error ({impl}, {t} threads): {r['error']}")
                 return 1
             runs[impl, t].append(r)
-    best, step = {}, {}
-    for key, rs in runs.items():
-        best[key] = {name: min(r["operations"].get(name, {}).get("s", 0.0) for r in rs)
-                     for r0 in rs for name in r0["operations"]}
-        step[key] = min(r["step_s"] for r in rs)
+    chosen = {key: fastest_run(rs) for key, rs in runs.items()}  # as the bench's table
+    best = {key: {name: v["s"] for name, v in r["operations"].items()}
+            for key, r in chosen.items()}
+    step = {key: r["step_s"] for key, r in chosen.items()}
     engine = best["minigrad", 1]
     for kind in ("conv", "linear"):  # PyTorch's backward operators compute both at once
         if f"{kind} weight gradient" in engine:
@@ -355,8 +354,8 @@ def main(argv=None) -> int:
                 e[f"{kind} input error + weight gradient"] = \
                     e.get(f"{kind} input error", 0.0) + e.get(f"{kind} weight gradient", 0.0)
     T = regimes[-1]
-    print(f"{a.model} {a.rule} batch {a.batch}: wall ms per step, fastest of {a.rounds} "
-          f"round(s); engine with the overlap off; foreign cores "
+    print(f"{a.model} {a.rule} batch {a.batch}: wall ms per step, the run with the shortest "
+          f"step of {a.rounds} round(s); engine with the overlap off; foreign cores "
           f"{max((r.get('foreign_cores') or 0.0) for rs in runs.values() for r in rs):.2f}")
     cols = [(impl, t) for impl in impls for t in regimes]
     print(f"{'operation':34s}" + "".join(f"{f'{i[:5]} {t}T':>11}" for i, t in cols) +

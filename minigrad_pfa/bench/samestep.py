@@ -64,13 +64,10 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             times[r].append(ts)
     ref = rules[0]
     med = {r: statistics.median(t for ts in times[r] for t in ts) for r in rules}
-    out = {}
-    for r in rules:
-        rounds_r = [statistics.median(ts) for ts in times[r]]
-        rounds_ref = [statistics.median(ts) for ts in times[ref]]
-        out[r] = {"step_s": med[r], "round_s": rounds_r, "ratio": med[r] / med[ref],
-                  "round_ratios": [a / b for a, b in zip(rounds_r, rounds_ref)]}
-    return out
+    per_round = {r: [statistics.median(ts) for ts in times[r]] for r in rules}
+    return {r: {"step_s": med[r], "round_s": per_round[r], "ratio": med[r] / med[ref],
+                "round_ratios": [a / b for a, b in zip(per_round[r], per_round[ref])]}
+            for r in rules}
 
 
 def spread(result: dict) -> float | None:

@@ -317,18 +317,11 @@ def relu_batchnorm_backward(dy, mask, cache):
     -----
     When the forward ran the compiled passes, the batch norm's two passes read ``dy`` and the
     mask themselves (``dy if mask else dy * 0``, the ReLU's bits): the masked error is never
-    written. Otherwise (and for arguments the two functions reject, so that they raise) the
-    two functions one after the other.
+    written (a ``dy`` of another shape or dtype raises :func:`batchnorm_backward`'s error).
+    Otherwise the two functions one after the other.
     """
-    if cache.get("jit") and tuple(dy.shape) == cache["shape"] == tuple(mask.shape) \
-            and dy.dtype == cache["inv_std"].dtype and mask.dtype == bool:
-        D, r = _flat(dy)
-        M, _ = _flat(mask)
-        from ..jit import batchnorm as _jit_bn
-        dx, dgamma, dbeta = _jit_bn.train_backward(D, cache["x"], cache["mean"], r,
-                                                   cache["inv_std"], cache["gamma"],
-                                                   cache["m"], cache["reduce"], mask=M)
-        return _unflat(dx, cache["shape"]), dgamma, dbeta
+    if cache.get("jit") and tuple(mask.shape) == cache["shape"] and mask.dtype == bool:
+        return _backward(dy, cache, mask)
     return batchnorm_backward(F_act.relu_backward(dy, mask), cache)
 
 
@@ -362,6 +355,12 @@ def batchnorm_backward(dy, cache):
     the ranks and the global m; the returned ``dgamma``, ``dbeta`` stay this rank's share
     (the parameter gradients are averaged with the others afterwards).
     """
+    return _backward(dy, cache)
+
+
+def _backward(dy, cache, mask=None):
+    """:func:`batchnorm_backward`'s work; ``mask`` (a ReLU's, only for a compiled forward's
+    cache) is read inside the compiled passes (:func:`relu_batchnorm_backward`)."""
     shape = cache["shape"]
     if tuple(dy.shape) != shape:
         raise ValueError(f"batchnorm: expected dy of shape {shape}, got {tuple(dy.shape)}")
@@ -373,7 +372,9 @@ def batchnorm_backward(dy, cache):
     if cache.get("jit"):  # the forward ran the compiled passes (jit.batchnorm)
         from ..jit import batchnorm as _jit_bn
         dx, dgamma, dbeta = _jit_bn.train_backward(D, cache["x"], cache["mean"], r, inv_std,
-                                                   gamma, cache["m"], cache["reduce"])
+                                                   gamma, cache["m"], cache["reduce"],
+                                                   mask=None if mask is None else
+                                                   _flat(mask)[0])
         return _unflat(dx, shape), dgamma, dbeta
     if cache["training"] and is_blocked(get_array_module(D), D.shape[0], _cpu_bn.work(D)):
         dx, dgamma, dbeta = _cpu_bn.train_backward(D, cache["xc"], r, inv_std, gamma,

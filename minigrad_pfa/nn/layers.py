@@ -394,8 +394,11 @@ def fusable(bn, relu) -> bool:
     both exactly the engine's classes, with no ``forward`` / ``backward`` replaced on the
     instance (a subclass, a hook or a wrapper then keeps its own code)."""
     return type(bn) in (BatchNorm1d, BatchNorm2d) and type(relu) is ReLU and \
-        not ({"forward", "backward", "forward_relu", "backward_relu"}
-             & (vars(bn).keys() | vars(relu).keys()))
+        not any(name in vars(m) for m in (bn, relu) for name in _REPLACEABLE)
+
+
+#: methods whose replacement on an instance keeps a layer out of a pair (:func:`fusable`)
+_REPLACEABLE = ("forward", "backward", "forward_relu", "backward_relu")
 
 
 def bn_relu(bn, relu, x, add=None):
@@ -446,7 +449,7 @@ class Sequential(Module):
         while i < len(mods):
             m = mods[i]
             if i + 1 < len(mods) and fusable(m, mods[i + 1]):
-                x = bn_relu(m, mods[i + 1], x)  # BN -> ReLU: one output pass
+                x = m.forward_relu(x, mods[i + 1])  # BN -> ReLU: one output pass
                 i += 2
                 continue
             x = m.forward(x)
@@ -459,7 +462,7 @@ class Sequential(Module):
         while i >= 0:
             m = mods[i]
             if i > 0 and fusable(mods[i - 1], m):
-                dy = relu_bn_backward(mods[i - 1], m, dy, ctx)  # ReLU -> BN: the BN's passes
+                dy = mods[i - 1].backward_relu(dy, m, ctx)  # ReLU -> BN: the BN's passes
                 i -= 2
             else:
                 dy = m.backward(dy, ctx)
