@@ -82,6 +82,20 @@ Tried and not adopted (Intel Xeon VM, 2 vCPUs, December 2026; one thread unless 
   gradient, in two interleaved rounds at 1 and 2 threads (the NumPy path's GEMM covers a
   chunk of samples, 4-16x more rows per call). Their folded input error is compiled
   (:mod:`.conv`).
+* The 16-channel layers (ResNet-20's first stage, where OpenBLAS's GEMMs with 16 output
+  columns run at half its peak: it packs the whole taps slab for so few columns) as direct
+  convolutions in a register-blocked Numba kernel with no taps and no BLAS: the source
+  generated for R output positions x 16 channels held in scalar locals (R = 4, 8, 16), the
+  sample padded once into a row buffer, the weight gradient blocked over 4-16 taps the same
+  way. Numba keeps such locals in registers only with its SLP vectoriser on
+  (``NUMBA_SLP_VECTORIZE=1``; without it, scalar FMAs at 3-6 GFLOP/s), which Numba turns
+  off by default because of LLVM miscompilations (numba#8852), and then emits a clean
+  micro-kernel (8 broadcasts, 2 weight loads, 16 FMAs per tap; zmm registers with
+  ``-prefer-256-bit`` in ``NUMBA_CPU_FEATURES``). One sample's forward alone ran 50-60
+  GFLOP/s against 45-72 for OpenBLAS's GEMM without its taps, but the layer at batch 128 (one
+  thread, three rounds in one process) took 11.5-11.8 ms forward against the row-tap path's
+  9.9-13.2 ms, and 10.8-11.5 ms for the weight gradient against 8.2-10.3 ms (R = 8; 4 and 16
+  were slower): no gain, for a compiler switch its authors disabled.
 """
 from __future__ import annotations
 
