@@ -176,7 +176,13 @@ def test_rule_labels():
                                             "order": "literal"}
     with pytest.raises(ValueError, match="unknown rule label 'pfa10'"):
         rule_spec("pfa10")
-    full = build_suite("full", "cpu", torch_ok=True)
+    suite = build_suite("full", "cpu", torch_ok=True)
+    full = [c for c in suite if c["kind"] == "step"]
+    # one same-process comparison of BP and PFA r = 1/10/30 at the reference batch (CPU)
+    same = [c for c in suite if c["kind"] == "samestep"]
+    assert len(same) == 1 and same[0]["rules"] == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"]
+    assert same[0]["model"] == "resnet20" and same[0]["batch"] == 128
+    assert not any(c["kind"] == "samestep" for c in build_suite("full", "cuda", True))
     resnet = {(c["rule"], c["impl"]) for c in full if c["model"] == "resnet20"
               and c["batch"] == 128}
     for rule in ("bp", "fa", "usf", "dfa", "kp", "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o",
@@ -187,7 +193,7 @@ def test_rule_labels():
     # at least 5 timed steps pooled over the interleaved rounds ('once': first only)
     from minigrad_pfa.bench.regimes import ROUNDS
     assert all(c["steps"] * (1 if c.get("once") else ROUNDS["full"]) >= 5 for c in full)
-    assert not any(c["impl"] == "torch" for c in build_suite("full", "cpu", torch_ok=False))
+    assert not any(c.get("impl") == "torch" for c in build_suite("full", "cpu", torch_ok=False))
 
 
 def _rec(model, rule, impl, batch, step_s, **kw):
@@ -283,6 +289,79 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert ops["step_s"] > 0 and ops["operations"]["conv forward"]["s"] > 0
     assert ops["rounds"] == data["machine"]["rounds"]  # one run per round, the fastest kept
     assert data["allcore"]["scaling"]["threads"] == 1
+    # the rules stepped in one process (.samestep), read by the PFA targets
+    same = data["regimes"][0]["samestep"]
+    assert not same.get("error"), same
+    assert list(same["rules"]) == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"]
+    assert same["timer"] == "cpu" and same["threads"] == 1 and same["batch"] == 4
+    assert all(len(v["round_s"]) == same["rounds"] == 2 for v in same["rules"].values())
+    t = next(t for t in data["targets"] if t["key"] == "resnet_pfa_vs_bp")
+    assert t["value"] == pytest.approx(same["rules"]["pfa-r10"]["ratio"])
+    assert "one process" in t["detail"] and "separate processes" in t["detail"]
+    assert "### The rules in one process (1 thread(s))" in text
+
+
+def _targets_data(same=None, threads=2, foreign=0.0):
+    """A minimal run: per-process records of BP and PFA r = 1/10/30 (ResNet-20, batch 128)
+    and optionally a same-process comparison."""
+    recs = [{"model": "resnet20", "rule": r, "impl": "minigrad", "batch": 128,
+             "device": "cpu", "step_s": t, "foreign_cores": foreign, "gflops": 60.0,
+             "peak_mb": 500.0}
+            for r, t in (("bp", 0.40), ("pfa-r1", 0.40), ("pfa-r10", 0.50), ("pfa-r30", 0.45))]
+    data = {"machine": {"threads": threads, "device_kind": "cpu", "mode": "full"},
+            "records": recs, "gemm_peak_gflops": 200.0}
+    if same is not None:
+        data["samestep"] = same
+    return data
+
+
+def _same(steps, foreign=0.0, rounds=None, **kw):
+    bp = steps["bp"]
+    rules = {r: {"step_s": t, "ratio": t / bp,
+                 "round_ratios": (rounds or {}).get(r, [t / bp] * 3)}
+             for r, t in steps.items()}
+    return dict({"kind": "samestep", "model": "resnet20", "batch": 128, "rounds": 3,
+                 "steps": 3, "rules": rules, "foreign_cores": foreign}, **kw)
+
+
+def test_pfa_targets_read_the_same_process_comparison():
+    """PFA / BP and the PFA spread come from the rules stepped in one process when the run
+    has them (the per-process figures quoted beside), from the records otherwise."""
+    from minigrad_pfa.bench.targets import evaluate_targets
+
+    def get(data, key):
+        return next(t for t in evaluate_targets(data) if t["key"] == key)
+
+    # per-process records alone: PFA 1.25x BP (not met), spread 0.25 (not met)
+    alone = _targets_data()
+    assert get(alone, "resnet_pfa_vs_bp")["value"] == pytest.approx(1.25)
+    assert get(alone, "resnet_pfa_vs_bp")["met"] is False
+    assert get(alone, "resnet_pfa_r_spread")["value"] == pytest.approx(0.25)
+    # the same run with a same-process comparison: 1.05x and spread 0.05, both met
+    same = _same({"bp": 0.40, "pfa-r1": 0.42, "pfa-r10": 0.42, "pfa-r30": 0.441})
+    data = _targets_data(same)
+    t = get(data, "resnet_pfa_vs_bp")
+    assert t["value"] == pytest.approx(1.05) and t["met"] is True
+    assert "one process, 3 interleaved rounds" in t["detail"]
+    assert "separate processes: 1.25" in t["detail"]
+    s = get(data, "resnet_pfa_r_spread")
+    assert s["value"] == pytest.approx(0.05) and s["met"] is True
+    assert "separate processes: 0.25" in s["detail"] and s["rounds"] is None
+    # other targets still read the records
+    assert get(data, "resnet_bp_gemm_fraction")["value"] == pytest.approx(0.3)
+    # its own rounds decide the side: one round above 1.1 -> undecided
+    split = _same({"bp": 0.40, "pfa-r10": 0.42}, rounds={"pfa-r10": [1.0, 1.05, 1.2]})
+    t = get(_targets_data(split), "resnet_pfa_vs_bp")
+    assert t["met"] is None and "undecided" in t["detail"]
+    # contention while it ran (all-core regime) -> undecided, even with quiet records
+    busy = _same({"bp": 0.40, "pfa-r10": 0.42}, foreign=0.6)
+    t = get(_targets_data(busy), "resnet_pfa_vs_bp")
+    assert t["met"] is None and "0.60 cores" in t["detail"]
+    # a failed comparison, or one of another model / batch: the records again
+    for bad in ({"kind": "samestep", "error": "worker exited"},
+                _same({"bp": 0.4, "pfa-r10": 0.42}, batch=32)):
+        t = get(_targets_data(bad), "resnet_pfa_vs_bp")
+        assert t["value"] == pytest.approx(1.25) and "one process" not in t["detail"]
 
 
 def test_allcore_keeps_the_least_disturbed_whole_run():

@@ -395,6 +395,7 @@ def _regime_sections(data) -> list[str]:
                   "targets' batch-128 figures.", ""]
     lines += ["### Targets", ""] + _table(["figure", "measured", "target", "met", "from"],
                                           trows)
+    lines += _samestep_section(data.get("samestep"), t)
     rm, mm = ref["resnet_model"], ref["mlp_model"]
     shape = "x".join(str(s) for s in MODELS[rm]["input"])
     lines += _model_section(data, rm, ref["resnet"], False,
@@ -405,6 +406,31 @@ def _regime_sections(data) -> list[str]:
                             f"(batch {ref['mlp']}, {t} thread(s))")
     lines += _scaling_section(data, rm)
     return lines
+
+
+def _samestep_section(same, threads) -> list[str]:
+    """The rules stepped in one process (:mod:`.samestep`), which the PFA targets read."""
+    if not same:
+        return []
+    head = f"### The rules in one process ({threads} thread(s))"
+    if same.get("error"):
+        return [head, "", f"The same-process comparison failed: {same['error']}", ""]
+    rules = same["rules"]
+    ref = next(iter(rules))
+    clock = "CPU time" if same.get("timer") == "cpu" else "wall clock"
+    rows = [[r, _fmt_s(v["step_s"]), f"{v['ratio']:.3f}",
+             f"{min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}"
+             if r != ref and v.get("round_ratios") else "-"] for r, v in rules.items()]
+    foreign = same.get("foreign_cores")
+    return [head, "",
+            f"{same['model']} at batch {same['batch']}, every model built once in one worker "
+            f"and the rules' steps interleaved: {same['rounds']} rounds of {same['steps']} "
+            f"steps per rule, odd rounds in reverse order ({clock}; "
+            "`minigrad_pfa.bench.samestep`), so the machine's drift between processes falls "
+            "on both sides of every ratio. The targets PFA (r = 10) / BP and the PFA spread "
+            "read this table" + ("" if foreign is None else
+                                 f"; other processes kept {foreign:.2f} cores busy meanwhile")
+            + ".", ""] + _table(["rule", "step (s, median)", f"x {ref}", "rounds"], rows)
 
 
 def _pools(pools) -> str:

@@ -292,6 +292,17 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     records = pooled[threads]
     peak, gemm = blocks[threads]["gemm_peak_gflops"], blocks[threads]["gemm"]
 
+    # the engine's rules stepped in one process, once per regime (.samestep): what the
+    # targets comparing rules with each other read (PFA / BP, the spread over r)
+    for cfg in (c for c in suite if c["kind"] == "samestep"):
+        for t in regimes:
+            res = blocks[t]["samestep"] = run(cfg, t)
+            log(f"  rules in one process, {t} thread(s): " + (
+                res["error"] if res.get("error") else ", ".join(
+                    f"{r} {v['step_s']:.3f} s" for r, v in res["rules"].items())
+                + (f"; PFA spread {res['spread']:.3f}" if res.get("spread") is not None
+                   else "")))
+
     # profiles with one thread (the per-core work, by phase), else the only regime
     t_prof = regimes[-1]
     profiles = []
@@ -407,6 +418,7 @@ def run_from_args(args) -> int:
                      host_syncs=not args.no_host_syncs,
                      one_thread=not args.no_one_thread, cpu_kernels=args.cpu_kernels)
     failed = [r for r in sum((b["records"] for b in data["regimes"]), []) +
+              [b["samestep"] for b in data["regimes"] if b.get("samestep")] +
               data["profiles"] + (data["host_syncs"] or []) if r.get("error")]
     return 1 if failed else 0
 

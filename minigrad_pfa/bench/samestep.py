@@ -17,6 +17,14 @@ process and their steps alternate in rounds (even rounds in the given order, odd
 reversed: :func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine falls
 into both sides of every ratio.
 
+In the benchmark. ``minigrad-pfa bench`` runs this comparison once per thread regime in a
+fresh worker (kind ``samestep``, :func:`run_samestep`: BP and PFA at r = 1, 10, 30 on the
+reference batch, with the cores other processes kept busy meanwhile), and the targets that
+compare the engine's rules with each other -- PFA (r = 10) / BP and the PFA spread over r --
+read it (:func:`minigrad_pfa.bench.targets.evaluate_targets`); the per-process figures stay
+in the tables and next to the target. Clock: wall time, or with one thread the process's
+CPU time (the regime's timer: the step's own work, whatever other processes do).
+
     python -m minigrad_pfa.bench.samestep [--rules bp,pfa-r1,pfa-r10,pfa-r30]
         [--model resnet20] [--batch 128] [--threads T] [--rounds 6] [--steps 3]
         [--cpu-kernels numpy|numba]
@@ -27,9 +35,17 @@ import statistics
 import time
 
 
+#: the clocks a comparison can read: wall time, or this process's CPU time (one thread)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
-            rounds: int = 6, steps: int = 3, warmup: int = 2) -> dict:
+            rounds: int = 6, steps: int = 3, warmup: int = 2, clock: str = "wall",
+            device: str = "cpu") -> dict:
     """Interleaved step times of ``rules`` (names of :func:`minigrad_pfa.bench.suite.rule_spec`).
+
+    ``clock``: "wall", or "cpu" (the process's CPU time, only with ``threads == 1``, where
+    it is the step's own work).
 
     Returns
     -------
@@ -43,12 +59,21 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
     rules = list(rules)
     if len(rules) < 2:
         raise ValueError(f"samestep: compare at least two rules, got {rules!r}")
+    if len(set(rules)) != len(rules):
+        raise ValueError(f"samestep: a rule given twice in {rules!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"samestep: clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (int(threads) != 1 or device != "cpu"):
+        raise ValueError("samestep: the cpu clock needs one thread on the CPU (CPU time sums "
+                         f"over threads), got {threads} thread(s) on {device}")
+    now = CLOCKS[clock]
     setups = {r: _minigrad_setup({"model": model, "rule": r, "threads": threads,
-                                  "device": "cpu", "batch": batch}) for r in rules}
+                                  "device": device, "batch": batch}) for r in rules}
 
     def step(r):
-        net, layers, opt, x, y = setups[r][:5]
+        net, layers, opt, x, y, sync = setups[r][:6]
         train_step(net, layers, opt, x, y)
+        sync()
 
     for r in rules:
         for _ in range(warmup):
@@ -58,9 +83,9 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
         for r in round_order(rules, k):
             ts = []
             for _ in range(steps):
-                t0 = time.perf_counter()
+                t0 = now()
                 step(r)
-                ts.append(time.perf_counter() - t0)
+                ts.append(now() - t0)
             times[r].append(ts)
     ref = rules[0]
     med = {r: statistics.median(t for ts in times[r] for t in ts) for r in rules}
@@ -74,6 +99,29 @@ def spread(result: dict) -> float | None:
     """max / min - 1 of the PFA rules' median steps (None with fewer than two)."""
     pfa = [v["step_s"] for r, v in result.items() if r.startswith("pfa-r")]
     return max(pfa) / min(pfa) - 1 if len(pfa) >= 2 else None
+
+
+def run_samestep(cfg: dict) -> dict:
+    """The benchmark worker's kind ``samestep``: :func:`compare` of ``cfg["rules"]`` with the
+    cores other processes kept busy meanwhile (``foreign_cores``, as for a step: the
+    machine's busy time from /proc/stat minus this process's CPU time, per wall second).
+
+    ``cfg``: rules, model, batch, threads, rounds, steps, warmup, timer ("wall" / "cpu"),
+    device. Returns the configuration's fields with ``rules`` (:func:`compare`'s result),
+    ``spread`` and ``foreign_cores``.
+    """
+    from .worker import _busy_resolution_s, machine_busy_s
+
+    busy0, c0, t0 = machine_busy_s(), time.process_time(), time.perf_counter()
+    res = compare(cfg["rules"], cfg["model"], int(cfg["batch"]), int(cfg["threads"]),
+                  int(cfg["rounds"]), int(cfg["steps"]), int(cfg.get("warmup", 2)),
+                  cfg.get("timer", "wall"), cfg.get("device", "cpu"))
+    busy1, cpu, wall = machine_busy_s(), time.process_time() - c0, time.perf_counter() - t0
+    foreign = None if busy0 is None or busy1 is None or not wall else \
+        max(0.0, (busy1 - busy0 - cpu - _busy_resolution_s()) / wall)
+    keys = ("kind", "model", "batch", "threads", "rounds", "steps", "timer", "device")
+    return dict({k: cfg.get(k) for k in keys}, rules=res, spread=spread(res),
+                foreign_cores=foreign)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ B, r = 1). For ``impl="torch"`` only ``bp`` (autograd) and ``pfa-rN`` (the publi
 formulation, :mod:`minigrad_pfa.bench.torch_models`) exist.
 
 A *configuration* is a dict that :mod:`minigrad_pfa.bench.worker` runs in a fresh
-process: ``kind`` ("step", "gemm", "loader", "profile") and its parameters.
+process: ``kind`` ("step", "gemm", "loader", "profile", "samestep", ...) and its parameters.
 """
 from __future__ import annotations
 
@@ -72,6 +72,10 @@ _SLOW = ("pfa-r10-literal",)
 
 #: engine variants measured by ``--proposals`` (:mod:`minigrad_pfa.bench.proto`)
 PROPOSALS = (("malloc-keep",), ("spin-pool",))
+
+#: the rules of the ``samestep`` configuration (:mod:`.samestep`), the reference first: the
+#: targets PFA (r = 10) / BP and the PFA spread over r read them
+SAMESTEP_RULES = ("bp", "pfa-r1", "pfa-r10", "pfa-r30")
 
 
 def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
@@ -163,6 +167,13 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         cfgs.append(dict(M("bp"), group="proposal"))
         for v in variants:
             cfgs.append(dict(M("bp"), group="proposal", variants=list(v)))
+    if device == "cpu":
+        # the rules the targets compare with each other, stepped in one process
+        # (.samestep): PFA / BP and the spread over r, free of the drift between processes
+        sr, ss, sw = {"full": (6, 3, 2), "quick": (4, 2, 1), "tiny": (2, 1, 1)}[mode]
+        cfgs.append({"kind": "samestep", "model": resnet, "batch": rb, "device": device,
+                     "rules": list(SAMESTEP_RULES), "rounds": sr, "steps": ss,
+                     "warmup": sw, "group": "samestep"})
     if profile:
         for rule in ("bp", "pfa-r10"):
             c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")

@@ -118,6 +118,25 @@ def round_values(key: str, used: list, peak=None) -> list | None:
     return [a / b for a, b in zip(rounds[0][:k], rounds[1][:k])]
 
 
+#: the expansion ratios of the PFA spread target
+SPREAD_R = (1, 10, 30)
+
+
+def samestep_rules(data: dict, model: str, batch: int):
+    """(record, rules) of the run's same-process comparison (:mod:`.samestep`) when it ran
+    without error on ``model`` at ``batch``, else (None, {})."""
+    same = data.get("samestep")
+    if not same or same.get("error") or same.get("model") != model or \
+            same.get("batch") != batch:
+        return None, {}
+    return same, same.get("rules") or {}
+
+
+def _same_process(same: dict) -> str:
+    return (f"(one process, {same.get('rounds')} interleaved rounds of {same.get('steps')} "
+            "steps per rule)")
+
+
 def evaluate_targets(data: dict) -> list[dict]:
     """Each target's measured value, threshold and whether it is met.
 
@@ -135,6 +154,13 @@ def evaluate_targets(data: dict) -> list[dict]:
     A ratio target is decided only when the pooled value and every round alone fall on the
     same side of the threshold; otherwise it is *undecided* (the noise, not the code,
     would decide it), as is an all-core target whose records saw contention.
+
+    The targets that compare the engine's rules with each other (PFA (r = 10) / BP, the
+    PFA spread over r) read the run's same-process comparison (``data["samestep"]``,
+    :mod:`.samestep`: the rules' steps interleaved in one process, so the machine's drift
+    between processes falls on both sides) when it ran; its own rounds decide the ratio's
+    side, its contention the all-core verdict, and the per-process figure is quoted
+    beside it. Without it (older JSON, ``--device cuda``) they read the per-process records.
     """
     recs = data["records"]
     mode = data.get("machine", {}).get("mode", "full")
@@ -156,17 +182,44 @@ def evaluate_targets(data: dict) -> list[dict]:
         scale, fmt = (1e3, "{:.2f} ms") if unit == "ms" else (1.0, "{:.3f} s")
         return a / b, fmt.format(a * scale) + " / " + fmt.format(b * scale)
 
+    same, same_rules = samestep_rules(data, rm, rb)
+
+    def separate(rule):  # a per-process step time, quoted beside the same-process figure
+        r = find(recs, rm, rule, "minigrad", rb, dev)
+        return None if r is None else r["step_s"]
+
     table = target_table(data.get("machine", {}))
     out = []
     for key, desc, op, thr in table:
         value, detail = None, "not measured in this run"
         used.clear()
-        if key == "resnet_pfa_vs_bp":
+        per_round, from_same = None, False
+        if key == "resnet_pfa_vs_bp" and {"bp", "pfa-r10"} <= same_rules.keys():
+            a, b = same_rules["pfa-r10"], same_rules["bp"]
+            used.append(same)
+            from_same = True
+            value = a["step_s"] / b["step_s"]
+            per_round = list(a["round_ratios"]) or None
+            sa, sb = separate("pfa-r10"), separate("bp")
+            detail = (f"{a['step_s']:.3f} s / {b['step_s']:.3f} s {_same_process(same)}"
+                      + ("" if None in (sa, sb) else f"; separate processes: {sa / sb:.3g}"))
+        elif key == "resnet_pfa_vs_bp":
             value, detail = ratio(step(rm, "pfa-r10"), step(rm, "bp"))
         elif key == "resnet_pfa_vs_literal":
             value, detail = ratio(step(rm, "pfa-r10"), step(rm, "pfa-r10-literal"))
+        elif key == "resnet_pfa_r_spread" and {f"pfa-r{r}" for r in SPREAD_R} <= \
+                same_rules.keys():
+            used.append(same)
+            from_same = True
+            ts = [same_rules[f"pfa-r{r}"]["step_s"] for r in SPREAD_R]
+            value = max(ts) / min(ts) - 1.0
+            sep = [separate(f"pfa-r{r}") for r in SPREAD_R]
+            detail = (f"r = 1, 10, 30: {', '.join(f'{t:.3f} s' for t in ts)} "
+                      f"{_same_process(same)}" + (
+                          "" if None in sep else
+                          f"; separate processes: {max(sep) / min(sep) - 1.0:.3g}"))
         elif key == "resnet_pfa_r_spread":
-            ts = [step(rm, f"pfa-r{r}") for r in (1, 10, 30)]
+            ts = [step(rm, f"pfa-r{r}") for r in SPREAD_R]
             if None not in ts:
                 value = max(ts) / min(ts) - 1.0
                 detail = "r = 1, 10, 30: " + ", ".join(f"{t:.3f} s" for t in ts)
@@ -193,7 +246,8 @@ def evaluate_targets(data: dict) -> list[dict]:
                 value = r["peak_mb"]
                 detail = f"batch {rb}" + ("" if rb == 128 else " (not the target's batch 128)")
         met = None if value is None else (value <= thr if op == "<=" else value >= thr)
-        per_round = round_values(key, list(used), data.get("gemm_peak_gflops"))
+        if not from_same:  # a same-process figure brings its own rounds (or none)
+            per_round = round_values(key, list(used), data.get("gemm_peak_gflops"))
         if per_round is not None and value is not None:
             sides = {(v <= thr if op == "<=" else v >= thr) for v in per_round} | {met}
             detail += f"; rounds {min(per_round):.3g} to {max(per_round):.3g}"

@@ -236,7 +236,7 @@ def torch_step(cfg, torch):
 def run_step(cfg) -> dict:
     from ..train import train_step
     from .flops import step_flops
-    from .suite import MODELS, NUM_CLASSES
+    from .suite import NUM_CLASSES
 
     if cfg.get("variants"):
         from .proto import apply_variants
@@ -400,13 +400,19 @@ def run_scaling(cfg) -> dict:
     return scaling(cfg)
 
 
+def run_samestep(cfg) -> dict:
+    from .samestep import run_samestep as samestep
+    return samestep(cfg)
+
+
 def run_torch_ops(cfg) -> dict:
     from .allcore import run_torch_ops as torch_ops
     return torch_ops(cfg)
 
 
 KINDS = {"step": run_step, "gemm": run_gemm, "loader": run_loader, "profile": run_profile,
-         "ops": run_ops, "scaling": run_scaling, "torch_ops": run_torch_ops}
+         "ops": run_ops, "scaling": run_scaling, "torch_ops": run_torch_ops,
+         "samestep": run_samestep}
 
 
 def main(argv=None) -> int:
