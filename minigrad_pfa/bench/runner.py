@@ -318,7 +318,7 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     if ops_cfgs:
         # as many rounds as the suite, regimes alternating, the least disturbed run of each
         # (one run each read 1.19x for 2 threads over 1 on a loaded VM where 1.72x was
-        # measured minutes before and after: run E of docs/performance-numba.md)
+        # measured minutes before and after: run E, commit 004216e, in the README)
         from .allcore import fastest_run
         from .regimes import round_order
         ops_runs = {t: [] for t in regimes}

@@ -12,10 +12,11 @@ Why. ``minigrad-pfa bench`` runs every configuration in its own process (its pea
 be its own), so two configurations compared there ran seconds to minutes apart, and on a
 shared VM the machine's state moves in between: the same engine code measured PFA (r = 10)
 at 0.92x, 1.06x and 1.26x BP, and PFA at r = 1 at 0.80x r = 10 in one run's later rounds
-(docs/performance-numba.md, three runs on 2026-12-03). Here every model is built once in one
-process and their steps alternate in rounds (even rounds in the given order, odd rounds
-reversed: :func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine falls
-into both sides of every ratio.
+(three earlier runs of docs/performance-numba.md, 2026-12-03; in run G, 1.23x across
+processes against 1.06x in one). Here every model is built once in one process and their
+steps alternate in rounds (even rounds in the given order, odd rounds reversed:
+:func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine falls into both
+sides of every ratio.
 
 In the benchmark. ``minigrad-pfa bench`` runs this comparison once per thread regime in a
 fresh worker (kind ``samestep``, :func:`run_samestep`: BP and PFA at r = 1, 10, 30 on the
