@@ -253,6 +253,10 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert len(m["load_average_start"]) == 3 and len(m["load_average_end"]) == 3
     assert m["blas_threads_observed"] in (1, None)  # None only where OpenBLAS is not found
     assert isinstance(data["gemm_peak_gflops"], float) and data["gemm_peak_gflops"] > 0
+    # the peak measured before and after the steps, the higher kept (and the one used)
+    blk = data["regimes"][0]
+    both = [blk["gemm"]["numpy"]["gflops_max"], blk["gemm_end"]["numpy"]["gflops_max"]]
+    assert data["gemm_peak_gflops"] == blk["gemm_peak_gflops"] == max(both)
     have_torch = m["torch_installed"]
     seen = set()
     for r in data["records"]:
@@ -299,6 +303,10 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert t["value"] == pytest.approx(same["rules"]["pfa-r10"]["ratio"])
     assert "one process" in t["detail"] and "separate processes" in t["detail"]
     assert "### The rules in one process (1 thread(s))" in text
+    assert "(before / after the steps; the peak: " in text
+    bp = next(r for r in data["records"] if r["model"] == "resnet20-tiny" and
+              r["rule"] == "bp" and r["impl"] == "minigrad" and not r.get("variants"))
+    assert bp["gemm_fraction"] == pytest.approx(bp["gflops"] / max(both))
 
 
 def _targets_data(same=None, threads=2, foreign=0.0):
