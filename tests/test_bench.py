@@ -253,10 +253,13 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert len(m["load_average_start"]) == 3 and len(m["load_average_end"]) == 3
     assert m["blas_threads_observed"] in (1, None)  # None only where OpenBLAS is not found
     assert isinstance(data["gemm_peak_gflops"], float) and data["gemm_peak_gflops"] > 0
-    # the peak measured before and after the steps, the higher kept (and the one used)
+    # the peak measured again in every round, right before the reference BP step; their
+    # median is the peak the fractions use
     blk = data["regimes"][0]
-    both = [blk["gemm"]["numpy"]["gflops_max"], blk["gemm_end"]["numpy"]["gflops_max"]]
-    assert data["gemm_peak_gflops"] == blk["gemm_peak_gflops"] == max(both)
+    rp = blk["gemm_round_gflops"]
+    assert len(rp) == m["rounds"] and all(p > 0 for p in rp)
+    assert data["gemm_peak_gflops"] == blk["gemm_peak_gflops"] == \
+        pytest.approx(float(np.median(rp)))
     have_torch = m["torch_installed"]
     seen = set()
     for r in data["records"]:
@@ -303,10 +306,10 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert t["value"] == pytest.approx(same["rules"]["pfa-r10"]["ratio"])
     assert "one process" in t["detail"] and "separate processes" in t["detail"]
     assert "### The rules in one process (1 thread(s))" in text
-    assert "(before / after the steps; the peak: " in text
+    assert "right before the reference BP step" in text
     bp = next(r for r in data["records"] if r["model"] == "resnet20-tiny" and
               r["rule"] == "bp" and r["impl"] == "minigrad" and not r.get("variants"))
-    assert bp["gemm_fraction"] == pytest.approx(bp["gflops"] / max(both))
+    assert bp["gemm_fraction"] == pytest.approx(bp["gflops"] / float(np.median(rp)))
 
 
 def _targets_data(same=None, threads=2, foreign=0.0):
@@ -370,6 +373,27 @@ def test_pfa_targets_read_the_same_process_comparison():
                 _same({"bp": 0.4, "pfa-r10": 0.42}, batch=32)):
         t = get(_targets_data(bad), "resnet_pfa_vs_bp")
         assert t["value"] == pytest.approx(1.25) and "one process" not in t["detail"]
+
+
+def test_gemm_fraction_rounds_use_each_rounds_peak():
+    """Round k's GEMM fraction divides by the peak measured in round k (right before the
+    step); the pooled value by the peak given (the median of the rounds'); a run without
+    per-round peaks divides every round by its one peak."""
+    from minigrad_pfa.bench.targets import evaluate_targets, round_values
+    rec = {"flops": 60e9, "round_step_s": [1.0, 0.5, 1.0]}
+    assert round_values("resnet_bp_gemm_fraction", [rec], 200.0, [100.0, 200.0, 300.0]) == \
+        pytest.approx([0.6, 0.6, 0.2])
+    assert round_values("resnet_bp_gemm_fraction", [rec], 200.0) == \
+        pytest.approx([0.3, 0.6, 0.3])
+    # a round whose peak failed takes the run's
+    assert round_values("resnet_bp_gemm_fraction", [rec], 200.0, [100.0, None, 300.0]) == \
+        pytest.approx([0.6, 0.6, 0.2])
+    data = _targets_data()
+    data["records"][0].update(flops=60e9, round_step_s=[1.0, 0.5, 1.0], gflops=60e9 / 0.8e9)
+    data.update(gemm_peak_gflops=200.0, gemm_round_gflops=[100.0, 200.0, 300.0])
+    t = next(t for t in evaluate_targets(data) if t["key"] == "resnet_bp_gemm_fraction")
+    assert t["value"] == pytest.approx(0.375) and t["rounds"] == pytest.approx([0.6, 0.6, 0.2])
+    assert t["met"] is None and "median of the rounds' peaks" in t["detail"]
 
 
 def test_allcore_keeps_the_least_disturbed_whole_run():

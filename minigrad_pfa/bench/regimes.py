@@ -122,11 +122,12 @@ def run_interleaved(steps: list[dict], regimes: list[int], rounds: int, run, log
 
 
 def regime_view(data: dict, block: dict) -> dict:
-    """``data`` as one regime sees it (its records, GEMM peak, threads, timer and
-    same-process rule comparison, :mod:`.samestep`): what
+    """``data`` as one regime sees it (its records, GEMM peak and per-round peaks, threads,
+    timer and same-process rule comparison, :mod:`.samestep`): what
     :func:`.targets.evaluate_targets` and the report's per-regime sections read."""
     machine = dict(data["machine"], threads=block["threads"], timer=block["timer"])
     if "blas_threads_observed" in block:
         machine["blas_threads_observed"] = block["blas_threads_observed"]
     return dict(data, machine=machine, records=block["records"], gemm=block["gemm"],
-                gemm_peak_gflops=block["gemm_peak_gflops"], samestep=block.get("samestep"))
+                gemm_peak_gflops=block["gemm_peak_gflops"], samestep=block.get("samestep"),
+                gemm_round_gflops=block.get("gemm_round_gflops"))

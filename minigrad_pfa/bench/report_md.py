@@ -293,17 +293,13 @@ def render(data: dict, json_name: str = "") -> str:
             ["date (UTC) / commit", f"{m.get('date_utc')} / {m.get('git_commit')}"],
             ["mode / wall time", f"{mode} / {_num(m.get('wall_s'), '{:.0f} s')}"]]
     for b in _regimes(data):
-        g, end = b.get("gemm", {}), b.get("gemm_end")
-
-        def gf(v):
-            return "-" if not v or v.get("error") else f"{v['gflops_max']:.1f}"
-        if end:  # measured before and after the steps; the peak is the higher
-            gemm_txt = ", ".join(f"{k} {gf(v)} / {gf(end.get(k))} GFLOP/s" for k, v in g.items())
-            gemm_txt += (f" (before / after the steps; the peak: "
-                         f"{_num(b.get('gemm_peak_gflops'))})")
-        else:
-            gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
-                                 if not v.get("error"))
+        g, per_round = b.get("gemm", {}), b.get("gemm_round_gflops")
+        gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
+                             if not v.get("error"))
+        if per_round:  # measured again before the reference BP step of every round
+            gemm_txt += (" at the start; NumPy's in each round, right before the reference BP "
+                         "step: " + ", ".join(_num(p) for p in per_round) + " (median "
+                         f"{_num(b.get('gemm_peak_gflops'))}: the peak the fractions use)")
         size = next((v["size"] for v in g.values() if not v.get("error")), "?")
         rows.append([f"float32 GEMM peak ({size} x {size}, best of the repeats), "
                      f"{b['threads']} thread(s)", gemm_txt or "-"])

@@ -94,11 +94,13 @@ def find(records, model, rule, impl="minigrad", batch=None, device=None):
     return None
 
 
-def round_values(key: str, used: list, peak=None) -> list | None:
+def round_values(key: str, used: list, peak=None, round_peaks=None) -> list | None:
     """The target's value computed from each interleaved round alone (its records' per-round
     medians ``round_step_s``), or None when fewer than two rounds have every record.
 
-    Ratios: ``a_k / b_k``; the GEMM fraction: ``flops / t_k / peak``. Round k of every
+    Ratios: ``a_k / b_k``; the GEMM fraction: ``flops / t_k / peak_k`` with round k's own peak
+    (``round_peaks``, measured right before the step; the run's ``peak`` where a round has
+    none, as in runs from before the per-round peaks). Round k of every
     configuration ran in the same stretch of time (:mod:`.regimes`), so the per-round
     values show how far the machine's noise moves the figure. Not for the PFA spread
     (max / min - 1 of three noisy medians is biased upwards round by round: in one run
@@ -110,9 +112,11 @@ def round_values(key: str, used: list, peak=None) -> list | None:
     if k < 2 or any(t is None for x in rounds for t in x[:k]):
         return None
     if key == "resnet_bp_gemm_fraction":
-        if not peak:
+        peaks = [(round_peaks[j] if round_peaks and j < len(round_peaks) and round_peaks[j]
+                  else peak) for j in range(k)]
+        if not all(peaks):
             return None
-        return [used[0]["flops"] / t / 1e9 / peak for t in rounds[0][:k]]
+        return [used[0]["flops"] / t / 1e9 / p for t, p in zip(rounds[0][:k], peaks)]
     if len(used) != 2:
         return None
     return [a / b for a, b in zip(rounds[0][:k], rounds[1][:k])]
@@ -236,7 +240,9 @@ def evaluate_targets(data: dict) -> list[dict]:
             if r is not None and peak:
                 used.append(r)
                 value = r["gflops"] / peak
-                detail = f"{r['gflops']:.1f} / {peak:.1f} GFLOP/s"
+                detail = f"{r['gflops']:.1f} / {peak:.1f} GFLOP/s" + (
+                    " (the median of the rounds' peaks)" if data.get("gemm_round_gflops")
+                    else "")
         elif key == "mlp_bp_vs_torch":
             value, detail = ratio(step(mm, "bp", batch=mb),
                                   step(mm, "bp", "torch", batch=mb), "ms")
@@ -247,7 +253,8 @@ def evaluate_targets(data: dict) -> list[dict]:
                 detail = f"batch {rb}" + ("" if rb == 128 else " (not the target's batch 128)")
         met = None if value is None else (value <= thr if op == "<=" else value >= thr)
         if not from_same:  # a same-process figure brings its own rounds (or none)
-            per_round = round_values(key, list(used), data.get("gemm_peak_gflops"))
+            per_round = round_values(key, list(used), data.get("gemm_peak_gflops"),
+                                     data.get("gemm_round_gflops"))
         if per_round is not None and value is not None:
             sides = {(v <= thr if op == "<=" else v >= thr) for v in per_round} | {met}
             detail += f"; rounds {min(per_round):.3g} to {max(per_round):.3g}"
