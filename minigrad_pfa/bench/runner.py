@@ -309,7 +309,7 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
         return run(cfg, t)
 
     pooled = run_interleaved(steps, regimes, rounds, run_round, log, _describe)
-    # the peak of each round, measured right before the step it is compared with (below)
+    # the rounds' peaks (run_round): their median is the regime's peak
     for t in regimes:
         peaks = [p for p in round_peaks[t] if p]
         blocks[t]["gemm_round_gflops"] = round_peaks[t]
