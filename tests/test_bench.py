@@ -396,6 +396,60 @@ def test_gemm_fraction_rounds_use_each_rounds_peak():
     assert t["met"] is None and "median of the rounds' peaks" in t["detail"]
 
 
+def test_round_peaks_precede_the_reference_step_in_round_order(monkeypatch, tmp_path):
+    """The runner with a fake worker (2 regimes, 3 rounds, odd rounds reversed): a GEMM of the
+    same regime runs right before every reference BP step; each regime's peaks are kept in
+    round order and their median is its peak; a failed GEMM or comparison is reported
+    (not raised) and the report names a failed start GEMM and all-failed rounds."""
+    from minigrad_pfa.bench import runner
+    calls, n_gemm = [], {}
+    fail = {(1, 1)}  # the 1-thread regime's second numpy GEMM (round 1's): an error
+
+    def fake(cfg, env, timeout_s):
+        kind, t = cfg["kind"], cfg["threads"]
+        calls.append((kind, t, cfg.get("rule"), cfg.get("group"), cfg.get("impl")))
+        if kind == "gemm":
+            if cfg["impl"] != "numpy":
+                return {"error": "no torch here"}
+            i = n_gemm[t] = n_gemm.get(t, -1) + 1
+            if (t, i) in fail:
+                return {"error": "gemm failed"}
+            return {"gflops_max": 100.0 * t + 10 * i, "repeats": 3, "size": cfg["size"],
+                    "blas": "fake", "blas_threads": 1, "blas_pools": None}
+        if kind == "step":
+            s_ = 0.1 * (1 + len(calls) % 3)
+            return dict(cfg, step_times_s=[s_], step_s=s_, step_wall_s=s_, step_cpu_s=s_,
+                        timer=cfg["timer"], foreign_cores=0.0, peak_mb=10.0, flops=1e9,
+                        gflops=1.0 / s_, load1=0.0)
+        return {"error": f"{kind} failed"}  # the same-process comparison fails
+
+    monkeypatch.setattr(runner, "run_worker", fake)
+    data = runner.run_bench(mode="tiny", threads=2, rounds=3, loader=False, host_syncs=False,
+                            log=lambda *a: None, json_path=tmp_path / "b.json",
+                            markdown_path=tmp_path / "b.md")
+    ref = [i for i, c in enumerate(calls)
+           if (c[0], c[2], c[3], c[4]) == ("step", "bp", "resnet", "minigrad")]
+    assert len(ref) == 6  # 3 rounds x 2 regimes
+    assert all(calls[i - 1][:2] == ("gemm", calls[i][1]) for i in ref)
+    assert [calls[i][1] for i in ref] == [2, 1, 1, 2, 2, 1]  # odd rounds reversed
+    peaks = {b["threads"]: b["gemm_round_gflops"] for b in data["regimes"]}
+    # numpy GEMM i of a regime: the start is i = 0, rounds are i = 1, 2, 3
+    assert peaks == {2: [210.0, 220.0, 230.0], 1: [None, 120.0, 130.0]}
+    blk = {b["threads"]: b for b in data["regimes"]}
+    assert blk[2]["gemm_peak_gflops"] == 220.0 and blk[1]["gemm_peak_gflops"] == 125.0
+    assert blk[2]["samestep"]["error"] == "samestep failed"
+    text = (tmp_path / "b.md").read_text()
+    assert "The same-process comparison failed: samestep failed" in text
+    # a run whose round GEMMs all failed names the start's peak, not a median
+    for b in data["regimes"]:
+        b["gemm_round_gflops"] = [None, None, None]
+        b["gemm"]["numpy"] = {"error": "x"}
+    from minigrad_pfa.bench.report_md import render
+    text = render(data)
+    assert "failed at the start; numpy's in each round" in text
+    assert "(all failed: the start's peak is used)" in text and "256 x 256" in text
+
+
 def test_allcore_keeps_the_least_disturbed_whole_run():
     """fastest_run: the run with the shortest step (its operations together, not each
     operation's minimum), failed runs skipped, an error only when every run failed."""

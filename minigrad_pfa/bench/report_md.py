@@ -14,6 +14,7 @@ from pathlib import Path
 from .gpu_targets import gpu_section
 from .host_syncs import markdown_section as host_sync_section
 from .regimes import regime_view
+from .runner import GEMM_SIZE
 from .suite import MODELS, reference_batches
 from .targets import evaluate_targets, find
 
@@ -297,10 +298,14 @@ def render(data: dict, json_name: str = "") -> str:
         gemm_txt = ", ".join(f"{k} {v['gflops_max']:.1f} GFLOP/s" for k, v in g.items()
                              if not v.get("error"))
         if per_round:  # measured again before the reference BP step of every round
-            gemm_txt += (" at the start; NumPy's in each round, right before the reference BP "
-                         "step: " + ", ".join(_num(p) for p in per_round) + " (median "
-                         f"{_num(b.get('gemm_peak_gflops'))}: the peak the fractions use)")
-        size = next((v["size"] for v in g.values() if not v.get("error")), "?")
+            engine = next(iter(g), "numpy")  # numpy, or cupy on --device cuda
+            gemm_txt = (gemm_txt or "failed") + (
+                f" at the start; {engine}'s in each round, right before the reference BP "
+                "step: " + ", ".join(_num(p) for p in per_round) + (
+                    f" (median {_num(b.get('gemm_peak_gflops'))}: the peak the fractions use)"
+                    if any(per_round) else " (all failed: the start's peak is used)"))
+        size = next((v["size"] for v in g.values() if not v.get("error")),
+                    GEMM_SIZE.get(m.get("mode", "full"), "?"))
         rows.append([f"float32 GEMM peak ({size} x {size}, best of the repeats), "
                      f"{b['threads']} thread(s)", gemm_txt or "-"])
     lines += ["## Machine", ""] + _table(["", ""], rows)

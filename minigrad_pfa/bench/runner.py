@@ -293,7 +293,9 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     # VM (run G: NumPy's 2-thread peak read 150.9 GFLOP/s at the start and PyTorch's 224.6
     # seconds later; run H: 178.0 at the start, 244.4 after the steps), so the GEMM fraction
     # compares each round's step with that round's peak (.targets.round_values) and the
-    # pooled figure uses the median of the rounds' peaks
+    # pooled figure uses the median of the rounds' peaks. The GEMM precedes the engine's
+    # step, not PyTorch's: if a full-load GEMM slows the process after it, the engine's
+    # figures (its BP / PyTorch ratio, its GEMM fraction) carry that cost, not PyTorch's
     ref = reference_batches(mode)
     round_peaks = {t: [] for t in regimes}
 

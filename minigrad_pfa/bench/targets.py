@@ -241,8 +241,8 @@ def evaluate_targets(data: dict) -> list[dict]:
                 used.append(r)
                 value = r["gflops"] / peak
                 detail = f"{r['gflops']:.1f} / {peak:.1f} GFLOP/s" + (
-                    " (the median of the rounds' peaks)" if data.get("gemm_round_gflops")
-                    else "")
+                    " (the median of the rounds' peaks)"
+                    if any(data.get("gemm_round_gflops") or []) else "")
         elif key == "mlp_bp_vs_torch":
             value, detail = ratio(step(mm, "bp", batch=mb),
                                   step(mm, "bp", "torch", batch=mb), "ms")
