@@ -183,6 +183,12 @@ def test_rule_labels():
     assert len(same) == 1 and same[0]["rules"] == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"]
     assert same[0]["model"] == "resnet20" and same[0]["batch"] == 128
     assert not any(c["kind"] == "samestep" for c in build_suite("full", "cuda", True))
+    # the GEMM peak precedes the reference BP step alone, in every mode
+    for mode, b in (("full", 128), ("quick", 32), ("tiny", 4)):
+        marked = [c for c in build_suite(mode, "cpu", True, profile=True, proposals=True)
+                  if c.get("gemm_before")]
+        assert [(c["rule"], c["impl"], c["batch"], c["group"]) for c in marked] == \
+            [("bp", "minigrad", b, "resnet")]
     resnet = {(c["rule"], c["impl"]) for c in full if c["model"] == "resnet20"
               and c["batch"] == 128}
     for rule in ("bp", "fa", "usf", "dfa", "kp", "pfa-r1", "pfa-r10", "pfa-r30", "pfa-o",
@@ -328,9 +334,9 @@ def _targets_data(same=None, threads=2, foreign=0.0):
 
 def _same(steps, foreign=0.0, rounds=None, **kw):
     bp = steps["bp"]
-    rules = {r: {"step_s": t, "ratio": t / bp,
-                 "round_ratios": (rounds or {}).get(r, [t / bp] * 3)}
-             for r, t in steps.items()}
+    ratios = {r: (rounds or {}).get(r, [t / bp] * 3) for r, t in steps.items()}
+    rules = {r: {"step_s": t, "ratio": t / bp, "round_ratios": ratios[r],
+                 "round_s": [bp * q for q in ratios[r]]} for r, t in steps.items()}
     return dict({"kind": "samestep", "model": "resnet20", "batch": 128, "rounds": 3,
                  "steps": 3, "rules": rules, "foreign_cores": foreign}, **kw)
 

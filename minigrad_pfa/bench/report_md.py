@@ -14,8 +14,7 @@ from pathlib import Path
 from .gpu_targets import gpu_section
 from .host_syncs import markdown_section as host_sync_section
 from .regimes import regime_view
-from .runner import GEMM_SIZE
-from .suite import MODELS, reference_batches
+from .suite import GEMM_SIZE, MODELS, reference_batches
 from .targets import evaluate_targets, find
 
 _ORDER = ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm", "pfa-r1", "pfa-r10",

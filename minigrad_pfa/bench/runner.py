@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..cpu.machine import cpu_model
 from .regimes import ROUNDS, regime_threads, regime_timer, regime_view, run_interleaved
-from .suite import build_suite, reference_batches
+from .suite import GEMM_SIZE, build_suite
 from .targets import evaluate_targets, format_targets
 from .worker import MARK
 
@@ -42,8 +42,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 #: set on some machines for old OpenBLAS builds, they can slow a current one)
 BLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-#: GEMM size of the peak measurement per mode
-GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
 
 
 def worker_env(threads: int, cpu_kernels: str | None = None) -> dict:
@@ -254,20 +252,16 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     def run(cfg, t=threads):
         return run_worker(dict(cfg, threads=t, timer=timers[t]), envs[t], timeout_s)
 
-    def measure_gemm(t):  # the float32 GEMM of the engine's array library (and PyTorch's)
-        gemm = {"numpy" if device == "cpu" else "cupy":
-                run({"kind": "gemm", "impl": "numpy", "size": GEMM_SIZE[mode],
-                     "device": device}, t)}
-        if torch_ok:
-            gemm["torch"] = run({"kind": "gemm", "impl": "torch", "size": GEMM_SIZE[mode],
-                                 "device": device}, t)
-        return gemm
+    def gemm_cfg(impl):  # "numpy": the engine's array library (CuPy on --device cuda)
+        return {"kind": "gemm", "impl": impl, "size": GEMM_SIZE[mode], "device": device}
 
     # the GEMM peak of each regime, in the same thread environment as its steps (measured
     # again in every round, below; this first one is the machine's record)
     blocks = {}
     for t in regimes:
-        gemm = measure_gemm(t)
+        gemm = {"numpy" if device == "cpu" else "cupy": run(gemm_cfg("numpy"), t)}
+        if torch_ok:
+            gemm["torch"] = run(gemm_cfg("torch"), t)
         engine_gemm = next(iter(gemm.values()))
         blocks[t] = {"threads": t, "timer": timers[t], "gemm": gemm,
                      "gemm_peak_gflops": engine_gemm.get("gflops_max"),
@@ -296,15 +290,11 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     # pooled figure uses the median of the rounds' peaks. The GEMM precedes the engine's
     # step, not PyTorch's: if a full-load GEMM slows the process after it, the engine's
     # figures (its BP / PyTorch ratio, its GEMM fraction) carry that cost, not PyTorch's
-    ref = reference_batches(mode)
     round_peaks = {t: [] for t in regimes}
 
     def run_round(cfg, t):
-        if (cfg["model"], cfg["rule"], cfg["impl"], cfg["batch"], cfg.get("group")) == \
-                (ref["resnet_model"], "bp", "minigrad", ref["resnet"], "resnet") and \
-                not cfg.get("variants"):  # the step the GEMM-fraction target reads
-            g = run({"kind": "gemm", "impl": "numpy", "size": GEMM_SIZE[mode],
-                     "device": device}, t)
+        if cfg.get("gemm_before"):  # the step the GEMM-fraction target reads (.suite)
+            g = run(gemm_cfg("numpy"), t)
             round_peaks[t].append(g.get("gflops_max"))
             log(f"  [{t} thread{'s' if t > 1 else ''}] float32 GEMM peak: " + (
                 g["error"] if g.get("error") else f"{g['gflops_max']:.1f} GFLOP/s"))

@@ -73,6 +73,9 @@ _SLOW = ("pfa-r10-literal",)
 #: engine variants measured by ``--proposals`` (:mod:`minigrad_pfa.bench.proto`)
 PROPOSALS = (("malloc-keep",), ("spin-pool",))
 
+#: size of the float32 GEMM whose speed is the run's peak, per mode
+GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
+
 #: the rules of the ``samestep`` configuration (:mod:`.samestep`), the reference first: the
 #: targets PFA (r = 10) / BP and the PFA spread over r read them
 SAMESTEP_RULES = ("bp", "pfa-r1", "pfa-r10", "pfa-r30")
@@ -167,6 +170,9 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
         cfgs.append(dict(M("bp"), group="proposal"))
         for v in variants:
             cfgs.append(dict(M("bp"), group="proposal", variants=list(v)))
+    # the reference BP step of the GEMM-fraction target: the runner measures the GEMM peak
+    # right before it in every round and regime (``gemm_before``)
+    cfgs[0]["gemm_before"] = True
     if device == "cpu":
         # the rules the targets compare with each other, stepped in one process
         # (.samestep): PFA / BP and the spread over r, free of the drift between processes

@@ -203,7 +203,8 @@ def evaluate_targets(data: dict) -> list[dict]:
             used.append(same)
             from_same = True
             value = a["step_s"] / b["step_s"]
-            per_round = list(a["round_ratios"]) if len(a["round_ratios"]) >= 2 else None
+            per_round = [x / y for x, y in zip(a["round_s"], b["round_s"])]
+            per_round = per_round if len(per_round) >= 2 else None
             sa, sb = separate("pfa-r10"), separate("bp")
             detail = (f"{a['step_s']:.3f} s / {b['step_s']:.3f} s {_same_process(same)}"
                       + ("" if None in (sa, sb) else f"; separate processes: {sa / sb:.3g}"))
