@@ -1,6 +1,7 @@
 """The benchmark harness: FLOP counts (hand counts and PyTorch's FLOP counter), the
 published-PFA PyTorch functions (against autograd), target evaluation, and a tiny
 end-to-end run through the command line (JSON schema, Markdown report)."""
+import importlib.util
 import json
 import time
 
@@ -178,10 +179,14 @@ def test_rule_labels():
         rule_spec("pfa10")
     suite = build_suite("full", "cpu", torch_ok=True)
     full = [c for c in suite if c["kind"] == "step"]
-    # one same-process comparison of BP and PFA r = 1/10/30 at the reference batch (CPU)
-    same = [c for c in suite if c["kind"] == "samestep"]
-    assert len(same) == 1 and same[0]["rules"] == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"]
-    assert same[0]["model"] == "resnet20" and same[0]["batch"] == 128
+    # same-process comparisons (CPU): BP, PFA r = 1/10/30 and PyTorch's BP at the reference
+    # batch; BP and PyTorch's BP at the other batches the targets read and on the MLP
+    same = [(c["model"], c["batch"], c["rules"]) for c in suite if c["kind"] == "samestep"]
+    assert same == [("resnet20", 128, ["bp", "pfa-r1", "pfa-r10", "pfa-r30", "torch:bp"]),
+                    ("resnet20", 32, ["bp", "torch:bp"]), ("resnet20", 256, ["bp", "torch:bp"]),
+                    ("mlp", 64, ["bp", "torch:bp"])]
+    assert [(c["model"], c["rules"]) for c in build_suite("full", "cpu", torch_ok=False)
+            if c["kind"] == "samestep"] == [("resnet20", ["bp", "pfa-r1", "pfa-r10", "pfa-r30"])]
     assert not any(c["kind"] == "samestep" for c in build_suite("full", "cuda", True))
     # the GEMM peak precedes the reference BP step alone, in every mode
     for mode, b in (("full", 128), ("quick", 32), ("tiny", 4)):
@@ -302,16 +307,30 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     assert ops["step_s"] > 0 and ops["operations"]["conv forward"]["s"] > 0
     assert ops["rounds"] == data["machine"]["rounds"]  # one run per round, the fastest kept
     assert data["allcore"]["scaling"]["threads"] == 1
-    # the rules stepped in one process (.samestep), read by the PFA targets
-    same = data["regimes"][0]["samestep"]
+    # the steps compared in one process (.samestep), read by the ratio targets
+    same = data["regimes"][0]["samesteps"][0]
     assert not same.get("error"), same
-    assert list(same["rules"]) == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"]
+    assert list(same["rules"]) == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"] + (
+        ["torch:bp"] if have_torch else [])
+    if have_torch:  # BP / PyTorch's BP from one process too, the MLP's in its own comparison
+        mlp = data["regimes"][0]["samesteps"][1]
+        assert (mlp["model"], list(mlp["rules"])) == ("mlp-tiny", ["bp", "torch:bp"])
+        for key, src in (("resnet_bp_vs_torch", same), ("mlp_bp_vs_torch", mlp)):
+            t = next(t for t in data["targets"] if t["key"] == key)
+            assert t["value"] == pytest.approx(src["rules"]["bp"]["step_s"] /
+                                               src["rules"]["torch:bp"]["step_s"])
+            assert "one process" in t["detail"]
+        # the per-process ratio beside it where the run has both records (tiny mode has no
+        # per-process PyTorch MLP step)
+        assert "separate processes" in next(t["detail"] for t in data["targets"]
+                                            if t["key"] == "resnet_bp_vs_torch")
+        assert "| bp (PyTorch autograd) |" in md.read_text()
     assert same["timer"] == "cpu" and same["threads"] == 1 and same["batch"] == 4
     assert all(len(v["round_s"]) == same["rounds"] == 2 for v in same["rules"].values())
     t = next(t for t in data["targets"] if t["key"] == "resnet_pfa_vs_bp")
     assert t["value"] == pytest.approx(same["rules"]["pfa-r10"]["ratio"])
     assert "one process" in t["detail"] and "separate processes" in t["detail"]
-    assert "### The rules in one process (1 thread(s))" in text
+    assert "### Steps compared in one process (1 thread(s))" in text
     assert "right before the reference BP step" in text
     bp = next(r for r in data["records"] if r["model"] == "resnet20-tiny" and
               r["rule"] == "bp" and r["impl"] == "minigrad" and not r.get("variants"))
@@ -381,6 +400,63 @@ def test_pfa_targets_read_the_same_process_comparison():
         assert t["value"] == pytest.approx(1.25) and "one process" not in t["detail"]
 
 
+def test_bp_vs_torch_targets_read_same_process_comparisons():
+    """BP / PyTorch's BP at every batch and on the MLP come from the comparison of that model
+    and batch in one process (``samesteps``), with the per-process ratio quoted beside; a
+    batch without one, or a failed one, reads the per-process records."""
+    from minigrad_pfa.bench.targets import evaluate_targets
+
+    def rec(model, impl, batch, t):
+        return {"model": model, "rule": "bp", "impl": impl, "batch": batch, "device": "cpu",
+                "step_s": t, "foreign_cores": 0.0, "gflops": 60.0, "peak_mb": 500.0}
+
+    def cmp(model, batch, bp, torch, rounds=(1.0, 1.0, 1.0)):
+        return {"kind": "samestep", "model": model, "batch": batch, "rounds": 3, "steps": 3,
+                "foreign_cores": 0.0, "rules": {
+                    "bp": {"step_s": bp, "round_s": [bp] * 3},
+                    "torch:bp": {"step_s": torch, "round_s": [bp / q for q in rounds]}}}
+
+    recs = [rec("resnet20", "minigrad", b, 0.5 * b / 128) for b in (32, 128, 256)] + \
+        [rec("resnet20", "torch", b, 0.25 * b / 128) for b in (32, 128, 256)] + \
+        [rec("mlp", "minigrad", 64, 0.004), rec("mlp", "torch", 64, 0.002)]
+    data = {"machine": {"threads": 2, "device_kind": "cpu", "mode": "full"}, "records": recs,
+            "gemm_peak_gflops": 200.0,
+            "samesteps": [cmp("resnet20", 128, 0.5, 0.4),
+                          cmp("resnet20", 256, 1.0, 0.5, rounds=(1.9, 2.1, 2.0)),
+                          dict(cmp("resnet20", 32, 0.1, 0.1), error="worker exited"),
+                          cmp("mlp", 64, 0.004, 0.005)]}
+    got = {t["key"]: t for t in evaluate_targets(data)}
+    t = got["resnet_bp_vs_torch"]
+    assert t["value"] == pytest.approx(1.25) and t["met"] is True
+    assert "separate processes: 2" in t["detail"] and "one process" in t["detail"]
+    t = got["resnet_bp_vs_torch_b256"]  # 2.0 in one process, its rounds 1.9-2.1: not met
+    assert t["value"] == pytest.approx(2.0) and t["met"] is False
+    assert t["rounds"] == pytest.approx([1.9, 2.1, 2.0])
+    t = got["resnet_bp_vs_torch_b32"]  # the comparison failed: the records (2x)
+    assert t["value"] == pytest.approx(2.0) and "one process" not in t["detail"]
+    t = got["mlp_bp_vs_torch"]
+    assert t["value"] == pytest.approx(0.8) and t["met"] is True
+    assert "4.00 ms / 5.00 ms (one process" in t["detail"]
+
+
+def test_samestep_steps_pytorch_beside_the_engine(monkeypatch):
+    """A ``torch:bp`` participant is PyTorch's autograd step of the same model and batch; a
+    missing PyTorch is an error naming the install."""
+    from minigrad_pfa.bench import samestep, worker
+    assert samestep.label("torch:bp") == "bp (PyTorch autograd)" and samestep.label("bp") == "bp"
+    if importlib.util.find_spec("torch") is not None:
+        res = samestep.compare(["bp", "torch:bp"], model="mlp-tiny", batch=8, rounds=2,
+                               steps=1, warmup=0)
+        assert list(res) == ["bp", "torch:bp"] and res["torch:bp"]["step_s"] > 0
+
+    def missing(cfg):
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(worker, "_setup_torch", missing)
+    with pytest.raises(ImportError, match=r"needs PyTorch.*pip install torch==2.13.0"):
+        samestep.compare(["bp", "torch:bp"], model="mlp-tiny", batch=8, rounds=1, steps=1)
+
+
 def test_gemm_fraction_rounds_use_each_rounds_peak():
     """Round k's GEMM fraction divides by the peak measured in round k (right before the
     step); the pooled value by the peak given (the median of the rounds'); a run without
@@ -443,9 +519,11 @@ def test_round_peaks_precede_the_reference_step_in_round_order(monkeypatch, tmp_
     assert peaks == {2: [210.0, 220.0, 230.0], 1: [None, 120.0, 130.0]}
     blk = {b["threads"]: b for b in data["regimes"]}
     assert blk[2]["gemm_peak_gflops"] == 220.0 and blk[1]["gemm_peak_gflops"] == 125.0
-    assert blk[2]["samestep"]["error"] == "samestep failed"
+    assert blk[2]["samesteps"][0]["error"] == "samestep failed"
+    assert blk[2]["samesteps"][0]["batch"] == 4  # which comparison failed
     text = (tmp_path / "b.md").read_text()
-    assert "The same-process comparison failed: samestep failed" in text
+    assert "resnet20-tiny at batch 4: the same-process comparison failed: samestep failed" \
+        in text
     # a run whose round GEMMs all failed names the start's peak, not a median
     for b in data["regimes"]:
         b["gemm_round_gflops"] = [None, None, None]

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import statistics
 
+from .samestep import samestep_records
+
 #: default rounds per mode: more rounds, more pooled steps, a steadier median
 ROUNDS = {"full": 3, "quick": 2, "tiny": 1}
 
@@ -123,11 +125,13 @@ def run_interleaved(steps: list[dict], regimes: list[int], rounds: int, run, log
 
 def regime_view(data: dict, block: dict) -> dict:
     """``data`` as one regime sees it (its records, GEMM peak and per-round peaks, threads,
-    timer and same-process rule comparison, :mod:`.samestep`): what
+    timer and same-process comparisons ``samesteps``, :mod:`.samestep`): what
     :func:`.targets.evaluate_targets` and the report's per-regime sections read."""
+
     machine = dict(data["machine"], threads=block["threads"], timer=block["timer"])
     if "blas_threads_observed" in block:
         machine["blas_threads_observed"] = block["blas_threads_observed"]
     return dict(data, machine=machine, records=block["records"], gemm=block["gemm"],
-                gemm_peak_gflops=block["gemm_peak_gflops"], samestep=block.get("samestep"),
+                gemm_peak_gflops=block["gemm_peak_gflops"],
+                samesteps=samestep_records(block), samestep=None,
                 gemm_round_gflops=block.get("gemm_round_gflops"))

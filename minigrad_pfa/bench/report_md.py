@@ -14,6 +14,7 @@ from pathlib import Path
 from .gpu_targets import gpu_section
 from .host_syncs import markdown_section as host_sync_section
 from .regimes import regime_view
+from .samestep import label, samestep_records
 from .suite import GEMM_SIZE, MODELS, reference_batches
 from .targets import evaluate_targets, find
 
@@ -403,7 +404,7 @@ def _regime_sections(data) -> list[str]:
                   "targets' batch-128 figures.", ""]
     lines += ["### Targets", ""] + _table(["figure", "measured", "target", "met", "from"],
                                           trows)
-    lines += _samestep_section(data.get("samestep"), t)
+    lines += _samestep_section(samestep_records(data), t)
     rm, mm = ref["resnet_model"], ref["mlp_model"]
     shape = "x".join(str(s) for s in MODELS[rm]["input"])
     lines += _model_section(data, rm, ref["resnet"], False,
@@ -416,29 +417,36 @@ def _regime_sections(data) -> list[str]:
     return lines
 
 
-def _samestep_section(same, threads) -> list[str]:
-    """The rules stepped in one process (:mod:`.samestep`), which the PFA targets read."""
-    if not same:
+def _samestep_section(sames, threads) -> list[str]:
+    """The steps compared in one process (:mod:`.samestep`), which the ratio targets read."""
+    if not sames:
         return []
-    head = f"### The rules in one process ({threads} thread(s))"
-    if same.get("error"):
-        return [head, "", f"The same-process comparison failed: {same['error']}", ""]
-    rules = same["rules"]
-    ref = next(iter(rules))
-    clock = "CPU time" if same.get("timer") == "cpu" else "wall clock"
-    rows = [[r, _fmt_s(v["step_s"]), f"{v['ratio']:.3f}",
-             f"{min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}"
-             if r != ref and v.get("round_ratios") else "-"] for r, v in rules.items()]
-    foreign = same.get("foreign_cores")
-    return [head, "",
-            f"{same['model']} at batch {same['batch']}, every model built once in one worker "
-            f"and the rules' steps interleaved: {same['rounds']} rounds of {same['steps']} "
-            f"steps per rule, odd rounds in reverse order ({clock}; "
-            "`minigrad_pfa.bench.samestep`), so the machine's drift between processes falls "
-            "on both sides of every ratio. The targets PFA (r = 10) / BP and the PFA spread "
-            "read this table" + ("" if foreign is None else
-                                 f"; other processes kept {foreign:.2f} cores busy meanwhile")
-            + ".", ""] + _table(["rule", "step (s, median)", f"x {ref}", "rounds"], rows)
+    lines = [f"### Steps compared in one process ({threads} thread(s))", "",
+             "Every model of a comparison built once in one worker and their steps "
+             "interleaved, odd rounds in reverse order (`minigrad_pfa.bench.samestep`), so the "
+             "machine's drift between processes falls on both sides of every ratio. The "
+             "targets that are ratios of two of these steps read these tables (the "
+             "per-process figures are quoted beside them).", ""]
+    for same in sames:
+        head = (f"{same.get('model')} at batch {same.get('batch')}"
+                if same.get("model") else "A comparison")
+        if same.get("error"):
+            lines += [f"{head}: the same-process comparison failed: {same['error']}", ""]
+            continue
+        rules = same["rules"]
+        ref = next(iter(rules))
+        clock = "CPU time" if same.get("timer") == "cpu" else "wall clock"
+        ms = same.get("model") in MODELS and "hidden" in MODELS[same["model"]]["kwargs"]
+        rows = [[label(r), _fmt_s(v["step_s"], ms), f"{v['ratio']:.3f}",
+                 f"{min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}"
+                 if r != ref and v.get("round_ratios") else "-"] for r, v in rules.items()]
+        foreign = same.get("foreign_cores")
+        lines += [f"{head}: {same['rounds']} rounds of {same['steps']} steps each ({clock}"
+                  + ("" if foreign is None else
+                     f"; other processes kept {foreign:.2f} cores busy meanwhile") + ").", ""]
+        lines += _table(["step", f"time ({'ms' if ms else 's'}, median)", f"x {label(ref)}",
+                         "rounds"], rows)
+    return lines
 
 
 def _pools(pools) -> str:

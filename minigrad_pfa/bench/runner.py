@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..cpu.machine import cpu_model
 from .regimes import ROUNDS, regime_threads, regime_timer, regime_view, run_interleaved
+from .samestep import label, samestep_records
 from .suite import GEMM_SIZE, build_suite
 from .targets import evaluate_targets, format_targets
 from .worker import MARK
@@ -316,14 +317,19 @@ def run_bench(quick: bool = False, device: str = "cpu", threads: int | None = No
     records = pooled[threads]
     peak, gemm = blocks[threads]["gemm_peak_gflops"], blocks[threads]["gemm"]
 
-    # the engine's rules stepped in one process, once per regime (.samestep): what the
-    # targets comparing rules with each other read (PFA / BP, the spread over r)
+    # steps compared in one process, each comparison once per regime (.samestep): what the
+    # ratio targets read (PFA / BP, the spread over r, BP / PyTorch's BP)
+    for t in regimes:
+        blocks[t]["samesteps"] = []
     for cfg in (c for c in suite if c["kind"] == "samestep"):
         for t in regimes:
-            res = blocks[t]["samestep"] = run(cfg, t)
-            log(f"  rules in one process, {t} thread(s): " + (
+            res = run(cfg, t)
+            if res.get("error"):  # which comparison failed, for the report and the targets
+                res = dict({k: cfg[k] for k in ("kind", "model", "batch", "rules")}, **res)
+            blocks[t]["samesteps"].append(res)
+            log(f"  {cfg['model']} batch {cfg['batch']} in one process, {t} thread(s): " + (
                 res["error"] if res.get("error") else ", ".join(
-                    f"{r} {v['step_s']:.3f} s" for r, v in res["rules"].items())
+                    f"{label(r)} {v['step_s']:.4g} s" for r, v in res["rules"].items())
                 + (f"; PFA spread {res['spread']:.3f}" if res.get("spread") is not None
                    else "")))
 
@@ -442,7 +448,7 @@ def run_from_args(args) -> int:
                      host_syncs=not args.no_host_syncs,
                      one_thread=not args.no_one_thread, cpu_kernels=args.cpu_kernels)
     failed = [r for r in sum((b["records"] for b in data["regimes"]), []) +
-              [b["samestep"] for b in data["regimes"] if b.get("samestep")] +
+              sum((samestep_records(b) for b in data["regimes"]), []) +
               data["profiles"] + (data["host_syncs"] or []) if r.get("error")]
     return 1 if failed else 0
 

@@ -1,9 +1,11 @@
-"""Several rules' steps in one process, interleaved step by step: ratios the VM cannot bias.
+"""Several steps in one process, interleaved step by step: ratios the VM cannot bias.
 
 Notation
 --------
-R : the rules compared (the first is the reference, BP by default), T : engine threads,
-t_{r,k} : the median of ``steps`` consecutive steps of rule r in round k::
+R : the participants compared, the first the reference (the engine's BP by default): the
+engine's rules (``"bp"``, ``"pfa-r10"``, ... of :func:`minigrad_pfa.bench.suite.rule_spec`)
+and PyTorch's steps (``"torch:bp"``, autograd BP, as in the benchmark's PyTorch records),
+T : threads, t_{r,k} : the median of ``steps`` consecutive steps of participant r in round k::
 
     ratio_{r,k} = t_{r,k} / t_{ref,k}        ratio_r = median_j t_{r,j} / median_j t_{ref,j}
     spread      = max_r median_j t_{r,j} / min_r median_j t_{r,j} - 1    (over the PFA rules)
@@ -13,20 +15,29 @@ be its own), so two configurations compared there ran seconds to minutes apart, 
 shared VM the machine's state moves in between: the same engine code measured PFA (r = 10)
 at 0.92x, 1.06x and 1.26x BP, and PFA at r = 1 at 0.80x r = 10 in one run's later rounds
 (three earlier runs of docs/performance-numba.md, 2026-12-03; in run G, 1.23x across
-processes against 1.06x in one). Here every model is built once in one process and their
-steps alternate in rounds (even rounds in the given order, odd rounds reversed:
+processes against 1.06x in one). The hypervisor's steal time on this VM moved from 0 to 40 %
+of the two vCPUs within seconds (``/proc/stat``, 2026-12-03), and the same engine step from
+0.44 s to 0.73 s with it. Here every model is built once in one process and their steps
+alternate in rounds (even rounds in the given order, odd rounds reversed:
 :func:`minigrad_pfa.bench.regimes.round_order`), so a change of the machine falls into both
 sides of every ratio.
 
-In the benchmark. ``minigrad-pfa bench`` runs this comparison once per thread regime in a
-fresh worker (kind ``samestep``, :func:`run_samestep`: BP and PFA at r = 1, 10, 30 on the
-reference batch, with the cores other processes kept busy meanwhile), and the targets that
-compare the engine's rules with each other -- PFA (r = 10) / BP and the PFA spread over r --
-read it (:func:`minigrad_pfa.bench.targets.evaluate_targets`); the per-process figures stay
-in the tables and next to the target. Clock: wall time, or with one thread the process's
-CPU time (the regime's timer: the step's own work, whatever other processes do).
+PyTorch in the same process. Its threads (OpenMP) and the engine's (its pool, BLAS held to
+one thread) sit idle while the other framework steps; measured on 2 threads (ResNet-20, batch
+128, 8 rounds of 3 steps, 2026-12-03): the engine's BP step right after PyTorch's took
+0.454 s, right after another engine model's 0.452 s, so neither framework's idle threads
+slow the other.
 
-    python -m minigrad_pfa.bench.samestep [--rules bp,pfa-r1,pfa-r10,pfa-r30]
+In the benchmark. ``minigrad-pfa bench`` runs these comparisons once per thread regime, each
+in a fresh worker (kind ``samestep``, :func:`run_samestep`, with the cores other processes
+kept busy meanwhile): BP, PFA at r = 1, 10, 30 and PyTorch's BP at the reference batch, BP
+and PyTorch's BP at batches 32 and 256 and on the MLP. The targets that are ratios of
+two steps of one model and batch -- PFA (r = 10) / BP, the PFA spread over r, BP / PyTorch's
+BP -- read them (:func:`minigrad_pfa.bench.targets.evaluate_targets`); the per-process
+figures stay in the tables and next to the target. Clock: wall time, or with one thread the
+process's CPU time (the regime's timer: the step's own work, whatever other processes do).
+
+    python -m minigrad_pfa.bench.samestep [--rules bp,pfa-r1,pfa-r10,pfa-r30,torch:bp]
         [--model resnet20] [--batch 128] [--threads T] [--rounds 6] [--steps 3]
         [--cpu-kernels numpy|numba]
 """
@@ -39,11 +50,54 @@ import time
 #: the clocks a comparison can read: wall time, or this process's CPU time (one thread)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
+#: a participant that is PyTorch's step: ``"torch:" + rule`` (``bp``: autograd BP;
+#: another rule: the published formulation of :mod:`.torch_models`)
+TORCH_PREFIX = "torch:"
+
+
+def is_torch(name: str) -> bool:
+    """True for a PyTorch participant (``"torch:bp"``)."""
+    return name.startswith(TORCH_PREFIX)
+
+
+def label(name: str) -> str:
+    """A participant as the report names it: ``"torch:bp"`` -> ``"bp (PyTorch autograd)"``."""
+    if not is_torch(name):
+        return name
+    rule = name[len(TORCH_PREFIX):]
+    return f"{rule} (PyTorch {'autograd' if rule == 'bp' else 'published'})"
+
+
+def _stepper(name: str, cfg: dict):
+    """A function running one synchronised training step of participant ``name``."""
+    if is_torch(name):
+        from .worker import _setup_torch, torch_step
+        tcfg = dict(cfg, rule=name[len(TORCH_PREFIX):], impl="torch")
+        try:
+            torch = _setup_torch(tcfg)
+        except ImportError as exc:
+            raise ImportError(f"samestep: {name!r} needs PyTorch, which is not installed: "
+                              "pip install torch==2.13.0 (a CPU wheel)") from exc
+        step, sync, _ = torch_step(tcfg, torch)
+    else:
+        from ..train import train_step
+        from .worker import _minigrad_setup
+        net, layers, opt, x, y, sync = _minigrad_setup(dict(cfg, rule=name))[:6]
+
+        def step():
+            train_step(net, layers, opt, x, y)
+
+    def run():
+        step()
+        sync()
+    return run
+
 
 def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             rounds: int = 6, steps: int = 3, warmup: int = 2, clock: str = "wall",
             device: str = "cpu") -> dict:
-    """Interleaved step times of ``rules`` (names of :func:`minigrad_pfa.bench.suite.rule_spec`).
+    """Interleaved step times of ``rules``: the engine's (names of
+    :func:`minigrad_pfa.bench.suite.rule_spec`) and PyTorch's (``"torch:bp"``).
 
     ``clock``: "wall", or "cpu" (the process's CPU time, only with ``threads == 1``, where
     it is the step's own work).
@@ -53,9 +107,7 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
     dict rule -> {"step_s": median over all timed steps, "round_s": [median per round],
     "ratio": step_s / the first rule's, "round_ratios": [per-round ratio]}.
     """
-    from ..train import train_step
     from .regimes import round_order
-    from .worker import _minigrad_setup
 
     rules = list(rules)
     if len(rules) < 2:
@@ -68,24 +120,18 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
         raise ValueError("samestep: the cpu clock needs one thread on the CPU (CPU time sums "
                          f"over threads), got {threads} thread(s) on {device}")
     now = CLOCKS[clock]
-    setups = {r: _minigrad_setup({"model": model, "rule": r, "threads": threads,
-                                  "device": device, "batch": batch}) for r in rules}
-
-    def step(r):
-        net, layers, opt, x, y, sync = setups[r][:6]
-        train_step(net, layers, opt, x, y)
-        sync()
-
+    cfg = {"model": model, "threads": threads, "device": device, "batch": batch}
+    steppers = {r: _stepper(r, cfg) for r in rules}
     for r in rules:
         for _ in range(warmup):
-            step(r)
+            steppers[r]()
     times = {r: [] for r in rules}
     for k in range(rounds):
         for r in round_order(rules, k):
             ts = []
             for _ in range(steps):
                 t0 = now()
-                step(r)
+                steppers[r]()
                 ts.append(now() - t0)
             times[r].append(ts)
     ref = rules[0]
@@ -96,9 +142,18 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             for r in rules}
 
 
+def samestep_records(block: dict) -> list:
+    """The same-process comparisons of a benchmark regime block (or a regime's view of the
+    run): ``block["samesteps"]``, or the one ``block["samestep"]`` of runs from before
+    PyTorch's BP and the other batches were compared in one process."""
+    if block.get("samesteps") is not None:
+        return list(block["samesteps"])
+    return [block["samestep"]] if block.get("samestep") else []
+
+
 def spread(result: dict) -> float | None:
     """max / min - 1 of the PFA rules' median steps (None with fewer than two)."""
-    pfa = [v["step_s"] for r, v in result.items() if r.startswith("pfa-r")]
+    pfa = [v["step_s"] for r, v in result.items() if r.startswith("pfa-r")]  # the engine's
     return max(pfa) / min(pfa) - 1 if len(pfa) >= 2 else None
 
 
@@ -135,7 +190,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minigrad_pfa.bench.samestep",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--rules", default="bp,pfa-r1,pfa-r10,pfa-r30",
-                   help="comma-separated; the first is the reference")
+                   help="comma-separated; the first is the reference; torch:bp is PyTorch's "
+                        "autograd BP step")
     p.add_argument("--model", default="resnet20", choices=("resnet20", "mlp"))
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=usable_cores())
@@ -150,8 +206,8 @@ def main(argv=None) -> int:
     print(f"{a.model} batch {a.batch}, {a.threads} thread(s), {a.rounds} interleaved rounds of "
           f"{a.steps} steps per rule, one process (wall clock)")
     for r, v in res.items():
-        print(f"{r:12s} {v['step_s'] * 1e3:9.1f} ms  x {rules[0]} {v['ratio']:.3f}  rounds "
-              + " ".join(f"{x:.2f}" for x in v["round_ratios"]))
+        print(f"{label(r):22s} {v['step_s'] * 1e3:9.1f} ms  x {label(rules[0])} "
+              f"{v['ratio']:.3f}  rounds " + " ".join(f"{x:.2f}" for x in v["round_ratios"]))
     s = spread(res)
     if s is not None:
         print(f"PFA spread over the r given: {s:.3f}")

@@ -76,9 +76,11 @@ PROPOSALS = (("malloc-keep",), ("spin-pool",))
 #: size of the float32 GEMM whose speed is the run's peak, per mode
 GEMM_SIZE = {"full": 2048, "quick": 2048, "tiny": 256}
 
-#: the rules of the ``samestep`` configuration (:mod:`.samestep`), the reference first: the
-#: targets PFA (r = 10) / BP and the PFA spread over r read them
+#: the rules of the ``samestep`` configuration at the reference batch (:mod:`.samestep`),
+#: the reference first: the targets PFA (r = 10) / BP and the PFA spread over r read them
 SAMESTEP_RULES = ("bp", "pfa-r1", "pfa-r10", "pfa-r30")
+#: PyTorch's autograd BP as a same-process participant: the BP / PyTorch targets read it
+SAMESTEP_TORCH = "torch:bp"
 
 
 def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
@@ -174,12 +176,21 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
     # right before it in every round and regime (``gemm_before``)
     cfgs[0]["gemm_before"] = True
     if device == "cpu":
-        # the rules the targets compare with each other, stepped in one process
-        # (.samestep): PFA / BP and the spread over r, free of the drift between processes
+        # the steps the targets compare as ratios, stepped in one process (.samestep), free
+        # of the drift between processes: PFA / BP and the spread over r, and BP / PyTorch's
+        # BP at every batch a target reads (the MLP's steps take milliseconds: more a round)
         sr, ss, sw = {"full": (6, 3, 2), "quick": (4, 2, 1), "tiny": (2, 1, 1)}[mode]
-        cfgs.append({"kind": "samestep", "model": resnet, "batch": rb, "device": device,
-                     "rules": list(SAMESTEP_RULES), "rounds": sr, "steps": ss,
-                     "warmup": sw, "group": "samestep"})
+        mss = {"full": 50, "quick": 20, "tiny": 2}[mode]
+        tb = [SAMESTEP_TORCH] if torch_ok else []
+
+        def S(model, batch, rules, steps=ss):
+            return {"kind": "samestep", "model": model, "batch": batch, "device": device,
+                    "rules": list(rules), "rounds": sr, "steps": steps, "warmup": sw,
+                    "group": "samestep"}
+        cfgs.append(S(resnet, rb, list(SAMESTEP_RULES) + tb))
+        if torch_ok:
+            cfgs += [S(resnet, b, ["bp"] + tb) for b in ((32, 256) if mode == "full" else ())]
+            cfgs.append(S(mlp, mb, ["bp"] + tb, mss))
     if profile:
         for rule in ("bp", "pfa-r10"):
             c = step_config(resnet, rule, "minigrad", rb, device, 3, 1, "profile")

@@ -6,7 +6,8 @@ records are missing (``--quick`` skips some) is reported with ``value = None``.
 """
 from __future__ import annotations
 
-from .suite import reference_batches
+from .samestep import TORCH_PREFIX, is_torch, samestep_records
+from .suite import SAMESTEP_TORCH, reference_batches
 
 #: (key, description, comparison, threshold)
 TARGETS = (
@@ -126,19 +127,25 @@ def round_values(key: str, used: list, peak=None, round_peaks=None) -> list | No
 SPREAD_R = (1, 10, 30)
 
 
-def samestep_rules(data: dict, model: str, batch: int):
-    """(record, rules) of the run's same-process comparison (:mod:`.samestep`) when it ran
-    without error on ``model`` at ``batch``, else (None, {})."""
-    same = data.get("samestep")
-    if not same or same.get("error") or same.get("model") != model or \
-            same.get("batch") != batch:
-        return None, {}
-    return same, same.get("rules") or {}
+def samestep_rules(data: dict, model: str, batch: int, needed=()):
+    """(record, rules) of the run's first same-process comparison (:mod:`.samestep`) that
+    ran without error on ``model`` at ``batch`` with every participant in ``needed``, else
+    (None, {})."""
+    for same in samestep_records(data):
+        rules = same.get("rules") or {}
+        if not same.get("error") and same.get("model") == model and \
+                same.get("batch") == batch and set(needed) <= rules.keys():
+            return same, rules
+    return None, {}
 
 
 def _same_process(same: dict) -> str:
     return (f"(one process, {same.get('rounds')} interleaved rounds of {same.get('steps')} "
-            "steps per rule)")
+            "steps each)")
+
+
+def _fmt(t, unit):
+    return f"{t * 1e3:.2f} ms" if unit == "ms" else f"{t:.3f} s"
 
 
 def evaluate_targets(data: dict) -> list[dict]:
@@ -159,12 +166,14 @@ def evaluate_targets(data: dict) -> list[dict]:
     same side of the threshold; otherwise it is *undecided* (the noise, not the code,
     would decide it), as is an all-core target whose records saw contention.
 
-    The targets that compare the engine's rules with each other (PFA (r = 10) / BP, the
-    PFA spread over r) read the run's same-process comparison (``data["samestep"]``,
-    :mod:`.samestep`: the rules' steps interleaved in one process, so the machine's drift
-    between processes falls on both sides) when it ran; its own rounds decide the ratio's
-    side, its contention the all-core verdict, and the per-process figure is quoted
-    beside it. Without it (older JSON, ``--device cuda``) they read the per-process records.
+    The targets that are ratios of two steps of one model and batch (PFA (r = 10) / BP, the
+    PFA spread over r, BP / PyTorch's BP at every batch, the MLP's BP / PyTorch's) read the
+    run's same-process comparisons (``data["samesteps"]``, :mod:`.samestep`: the steps
+    interleaved in one process, so the machine's drift between processes falls on both
+    sides) when one ran with both steps; its own rounds decide the ratio's side, its
+    contention the all-core verdict, and the per-process figure is quoted beside it.
+    Without one (older JSON, ``--device cuda``, no PyTorch, a failed comparison) they read
+    the per-process records.
     """
     recs = data["records"]
     mode = data.get("machine", {}).get("mode", "full")
@@ -183,14 +192,31 @@ def evaluate_targets(data: dict) -> list[dict]:
     def ratio(a, b, unit="s"):
         if a is None or b is None:
             return None, "not measured in this run"
-        scale, fmt = (1e3, "{:.2f} ms") if unit == "ms" else (1.0, "{:.3f} s")
-        return a / b, fmt.format(a * scale) + " / " + fmt.format(b * scale)
+        return a / b, f"{_fmt(a, unit)} / {_fmt(b, unit)}"
 
-    same, same_rules = samestep_rules(data, rm, rb)
-
-    def separate(rule):  # a per-process step time, quoted beside the same-process figure
-        r = find(recs, rm, rule, "minigrad", rb, dev)
+    def separate(model, name, batch):  # a per-process step, quoted beside a same-process one
+        rule, impl = (name[len(TORCH_PREFIX):], "torch") if is_torch(name) else \
+            (name, "minigrad")
+        r = find(recs, model, rule, impl, batch, dev)
         return None if r is None else r["step_s"]
+
+    def same_ratio(model, batch, a, b, unit="s"):
+        """(value, detail, per-round values) of participant a's step / b's in a same-process
+        comparison (the per-process ratio quoted beside), or None without one."""
+        same, rules = samestep_rules(data, model, batch, (a, b))
+        if same is None:
+            return None
+        used.append(same)
+        x, y = rules[a], rules[b]
+        per = [p / q for p, q in zip(x["round_s"], y["round_s"])]
+        sa, sb = separate(model, a, batch), separate(model, b, batch)
+        detail = (f"{_fmt(x['step_s'], unit)} / {_fmt(y['step_s'], unit)} "
+                  f"{_same_process(same)}"
+                  + ("" if None in (sa, sb) else f"; separate processes: {sa / sb:.3g}"))
+        return x["step_s"] / y["step_s"], detail, (per if len(per) >= 2 else None)
+
+    spread_rules = [f"pfa-r{r}" for r in SPREAD_R]
+    same, same_rules = samestep_rules(data, rm, rb, spread_rules)
 
     table = target_table(data.get("machine", {}))
     out = []
@@ -198,27 +224,25 @@ def evaluate_targets(data: dict) -> list[dict]:
         value, detail = None, "not measured in this run"
         used.clear()
         per_round, from_same = None, False
-        if key == "resnet_pfa_vs_bp" and {"bp", "pfa-r10"} <= same_rules.keys():
-            a, b = same_rules["pfa-r10"], same_rules["bp"]
-            used.append(same)
+        pair = {"resnet_pfa_vs_bp": (rm, rb, "pfa-r10", "bp", "s"),
+                "resnet_bp_vs_torch": (rm, rb, "bp", SAMESTEP_TORCH, "s"),
+                "mlp_bp_vs_torch": (mm, mb, "bp", SAMESTEP_TORCH, "ms")}.get(key)
+        if key.startswith("resnet_bp_vs_torch_b"):
+            pair = (rm, int(key.rsplit("_b", 1)[1]), "bp", SAMESTEP_TORCH, "s")
+        found = same_ratio(*pair) if pair else None
+        if found is not None:  # a ratio of two steps compared in one process
+            value, detail, per_round = found
             from_same = True
-            value = a["step_s"] / b["step_s"]
-            per_round = [x / y for x, y in zip(a["round_s"], b["round_s"])]
-            per_round = per_round if len(per_round) >= 2 else None
-            sa, sb = separate("pfa-r10"), separate("bp")
-            detail = (f"{a['step_s']:.3f} s / {b['step_s']:.3f} s {_same_process(same)}"
-                      + ("" if None in (sa, sb) else f"; separate processes: {sa / sb:.3g}"))
         elif key == "resnet_pfa_vs_bp":
             value, detail = ratio(step(rm, "pfa-r10"), step(rm, "bp"))
         elif key == "resnet_pfa_vs_literal":
             value, detail = ratio(step(rm, "pfa-r10"), step(rm, "pfa-r10-literal"))
-        elif key == "resnet_pfa_r_spread" and {f"pfa-r{r}" for r in SPREAD_R} <= \
-                same_rules.keys():
+        elif key == "resnet_pfa_r_spread" and same is not None:
             used.append(same)
             from_same = True
-            ts = [same_rules[f"pfa-r{r}"]["step_s"] for r in SPREAD_R]
+            ts = [same_rules[r]["step_s"] for r in spread_rules]
             value = max(ts) / min(ts) - 1.0
-            sep = [separate(f"pfa-r{r}") for r in SPREAD_R]
+            sep = [separate(rm, r, rb) for r in spread_rules]
             detail = (f"r = 1, 10, 30: {', '.join(f'{t:.3f} s' for t in ts)} "
                       f"{_same_process(same)}" + (
                           "" if None in sep else
