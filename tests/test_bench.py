@@ -335,6 +335,17 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     bp = next(r for r in data["records"] if r["model"] == "resnet20-tiny" and
               r["rule"] == "bp" and r["impl"] == "minigrad" and not r.get("variants"))
     assert bp["gemm_fraction"] == pytest.approx(bp["gflops"] / float(np.median(rp)))
+    # the GEMM fraction target: the peak measured in the comparison's worker right before
+    # BP's steps in every round, each round against its own
+    peaks = same["gemm_round_gflops"]
+    assert same["gemm_size"] == 256 and len(peaks) == same["rounds"] and min(peaks) > 0
+    t = next(t for t in data["targets"] if t["key"] == "resnet_bp_gemm_fraction")
+    sbp = same["rules"]["bp"]
+    assert t["value"] == pytest.approx(bp["flops"] / sbp["step_s"] / 1e9 / np.median(peaks))
+    assert t["rounds"] == pytest.approx([bp["flops"] / s_ / 1e9 / p
+                                         for s_, p in zip(sbp["round_s"], peaks)])
+    assert "right before BP's steps" in t["detail"] and "separate processes" in t["detail"]
+    assert "right before bp's steps in each round" in text
 
 
 def _targets_data(same=None, threads=2, foreign=0.0):
@@ -476,6 +487,34 @@ def test_gemm_fraction_rounds_use_each_rounds_peak():
     t = next(t for t in evaluate_targets(data) if t["key"] == "resnet_bp_gemm_fraction")
     assert t["value"] == pytest.approx(0.375) and t["rounds"] == pytest.approx([0.6, 0.6, 0.2])
     assert t["met"] is None and "median of the rounds' peaks" in t["detail"]
+    # a same-process comparison that measured the peak before BP's steps decides instead
+    # (60 GFLOP per step; BP 0.5 s in every round; peaks 100, 120, 150 -> 1.2, 1.0, 0.8)
+    same = _same({"bp": 0.5, "pfa-r10": 0.5}, gemm_round_gflops=[100.0, 120.0, 150.0],
+                 gemm_size=2048)
+    data["samesteps"] = [same]
+    t = next(t for t in evaluate_targets(data) if t["key"] == "resnet_bp_gemm_fraction")
+    assert t["value"] == pytest.approx(1.0) and t["rounds"] == pytest.approx([1.2, 1.0, 0.8])
+    assert t["met"] is True and "separate processes: 0.375" in t["detail"]
+    data["samesteps"] = [dict(same, gemm_round_gflops=None)]  # no peaks in it: the records
+    t = next(t for t in evaluate_targets(data) if t["key"] == "resnet_bp_gemm_fraction")
+    assert t["value"] == pytest.approx(0.375)
+
+
+def test_samestep_gemm_peak_leaves_the_blas_limit():
+    """The in-process GEMM peak raises NumPy's BLAS to the regime's threads for the
+    measurement only."""
+    from threadpoolctl import threadpool_info
+
+    from minigrad_pfa.bench.samestep import gemm_peak
+    from minigrad_pfa.cpu import using_threads
+
+    def blas():
+        return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    with using_threads(2):  # the engine's threads: BLAS held to one
+        before = blas()
+        assert gemm_peak(64, 2, settle_s=0.0)() > 0
+        assert blas() == before
 
 
 def test_round_peaks_precede_the_reference_step_in_round_order(monkeypatch, tmp_path):

@@ -446,6 +446,11 @@ def _samestep_section(sames, threads) -> list[str]:
                      f"; other processes kept {foreign:.2f} cores busy meanwhile") + ").", ""]
         lines += _table(["step", f"time ({'ms' if ms else 's'}, median)", f"x {label(ref)}",
                          "rounds"], rows)
+        if same.get("gemm_round_gflops"):
+            n = same.get("gemm_size")
+            lines += [f"The float32 GEMM peak ({n} x {n}, {threads} thread(s), best of 3) "
+                      f"right before {label(ref)}'s steps in each round: " + ", ".join(
+                          f"{p:.1f}" for p in same["gemm_round_gflops"]) + " GFLOP/s.", ""]
     return lines
 
 

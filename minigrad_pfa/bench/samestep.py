@@ -93,14 +93,46 @@ def _stepper(name: str, cfg: dict):
     return run
 
 
+def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int = 3,
+               settle_s: float = 0.2):
+    """A function returning the float32 ``(size, size) @ (size, size)`` GEMM's GFLOP/s in
+    this process: NumPy's BLAS on ``threads`` threads for the measurement (the engine holds
+    it to one thread otherwise), the best of ``repeats`` calls after one untimed, on
+    ``clock``; then ``settle_s`` idle seconds, so that the BLAS's threads, which poll for
+    work a while after a GEMM, are asleep again before the next step starts: on 2 threads
+    (ResNet-20 BP, batch 128, 16 interleaved rounds, 2026-12-03) the step right after the
+    GEMM took 0.559 s without the pause, 0.508 s with it, 0.503 s with no GEMM before."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    now = CLOCKS[clock]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+
+    def measure() -> float:
+        best = float("inf")
+        with threadpool_limits(limits=int(threads), user_api="blas"):
+            np.matmul(a, b, out=out)
+            for _ in range(repeats):
+                t0 = now()
+                np.matmul(a, b, out=out)
+                best = min(best, now() - t0)
+        time.sleep(settle_s)
+        return 2.0 * size ** 3 / best / 1e9
+    return measure
+
+
 def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             rounds: int = 6, steps: int = 3, warmup: int = 2, clock: str = "wall",
-            device: str = "cpu") -> dict:
+            device: str = "cpu", before_ref=None) -> dict:
     """Interleaved step times of ``rules``: the engine's (names of
     :func:`minigrad_pfa.bench.suite.rule_spec`) and PyTorch's (``"torch:bp"``).
 
     ``clock``: "wall", or "cpu" (the process's CPU time, only with ``threads == 1``, where
-    it is the step's own work).
+    it is the step's own work). ``before_ref``: called right before the first rule's steps
+    in every round (untimed; the benchmark measures the GEMM peak there, :func:`gemm_peak`).
 
     Returns
     -------
@@ -128,6 +160,8 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
     times = {r: [] for r in rules}
     for k in range(rounds):
         for r in round_order(rules, k):
+            if before_ref is not None and r == rules[0]:
+                before_ref()
             ts = []
             for _ in range(steps):
                 t0 = now()
@@ -163,21 +197,36 @@ def run_samestep(cfg: dict) -> dict:
     machine's busy time from /proc/stat minus this process's CPU time, per wall second).
 
     ``cfg``: rules, model, batch, threads, rounds, steps, warmup, timer ("wall" / "cpu"),
-    device. Returns the configuration's fields with ``rules`` (:func:`compare`'s result),
-    ``spread`` and ``foreign_cores``.
+    device, and optionally ``gemm_size``: the GEMM peak (:func:`gemm_peak`) measured right
+    before the first rule's steps in every round, so that the fraction of the peak that
+    rule's step reaches is a ratio of two measurements a fraction of a second apart.
+    Returns the configuration's fields with ``rules`` (:func:`compare`'s result),
+    ``spread``, ``foreign_cores`` and, with ``gemm_size``, ``gemm_round_gflops`` (one peak
+    per round).
     """
     from .worker import _busy_resolution_s, machine_busy_s
+
+    timer, size = cfg.get("timer", "wall"), cfg.get("gemm_size")
+    peaks, before = [], None
+    if size:
+        measure = gemm_peak(int(size), int(cfg["threads"]), timer)
+
+        def before():
+            peaks.append(measure())
 
     busy0, c0, t0 = machine_busy_s(), time.process_time(), time.perf_counter()
     res = compare(cfg["rules"], cfg["model"], int(cfg["batch"]), int(cfg["threads"]),
                   int(cfg["rounds"]), int(cfg["steps"]), int(cfg.get("warmup", 2)),
-                  cfg.get("timer", "wall"), cfg.get("device", "cpu"))
+                  timer, cfg.get("device", "cpu"), before)
     busy1, cpu, wall = machine_busy_s(), time.process_time() - c0, time.perf_counter() - t0
     foreign = None if busy0 is None or busy1 is None or not wall else \
         max(0.0, (busy1 - busy0 - cpu - _busy_resolution_s()) / wall)
     keys = ("kind", "model", "batch", "threads", "rounds", "steps", "timer", "device")
-    return dict({k: cfg.get(k) for k in keys}, rules=res, spread=spread(res),
-                foreign_cores=foreign)
+    out = dict({k: cfg.get(k) for k in keys}, rules=res, spread=spread(res),
+               foreign_cores=foreign)
+    if size:
+        out.update(gemm_size=int(size), gemm_round_gflops=peaks)
+    return out
 
 
 def main(argv=None) -> int:

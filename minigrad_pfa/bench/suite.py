@@ -187,7 +187,8 @@ def build_suite(mode: str = "full", device: str = "cpu", torch_ok: bool = True,
             return {"kind": "samestep", "model": model, "batch": batch, "device": device,
                     "rules": list(rules), "rounds": sr, "steps": steps, "warmup": sw,
                     "group": "samestep"}
-        cfgs.append(S(resnet, rb, list(SAMESTEP_RULES) + tb))
+        # with the GEMM peak right before BP's steps in every round: the GEMM-fraction target
+        cfgs.append(dict(S(resnet, rb, list(SAMESTEP_RULES) + tb), gemm_size=GEMM_SIZE[mode]))
         if torch_ok:
             cfgs += [S(resnet, b, ["bp"] + tb) for b in ((32, 256) if mode == "full" else ())]
             cfgs.append(S(mlp, mb, ["bp"] + tb, mss))

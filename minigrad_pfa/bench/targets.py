@@ -6,6 +6,8 @@ records are missing (``--quick`` skips some) is reported with ``value = None``.
 """
 from __future__ import annotations
 
+import statistics
+
 from .samestep import TORCH_PREFIX, is_torch, samestep_records
 from .suite import SAMESTEP_TORCH, reference_batches
 
@@ -171,7 +173,9 @@ def evaluate_targets(data: dict) -> list[dict]:
     run's same-process comparisons (``data["samesteps"]``, :mod:`.samestep`: the steps
     interleaved in one process, so the machine's drift between processes falls on both
     sides) when one ran with both steps; its own rounds decide the ratio's side, its
-    contention the all-core verdict, and the per-process figure is quoted beside it.
+    contention the all-core verdict, and the per-process figure is quoted beside it. The
+    GEMM fraction likewise reads the comparison at the reference batch that measured the
+    GEMM peak right before BP's steps in every round (``gemm_round_gflops``).
     Without one (older JSON, ``--device cuda``, no PyTorch, a failed comparison) they read
     the per-process records.
     """
@@ -215,6 +219,30 @@ def evaluate_targets(data: dict) -> list[dict]:
                   + ("" if None in (sa, sb) else f"; separate processes: {sa / sb:.3g}"))
         return x["step_s"] / y["step_s"], detail, (per if len(per) >= 2 else None)
 
+    def same_fraction():
+        """(value, detail, per-round values) of the GEMM fraction from the same-process
+        comparison that measured the GEMM peak right before BP's steps in every round
+        (``gemm_round_gflops``), or None without one (or without the BP record's FLOPs)."""
+        r = find(recs, rm, "bp", "minigrad", rb, dev)
+        same = next((x for x in samestep_records(data) if not x.get("error")
+                     and (x.get("model"), x.get("batch")) == (rm, rb)
+                     and "bp" in (x.get("rules") or {})
+                     and any(x.get("gemm_round_gflops") or [])), None)
+        if same is None or r is None:
+            return None
+        used.append(same)
+        bp, peaks = same["rules"]["bp"], same["gemm_round_gflops"]
+        peak = statistics.median(p for p in peaks if p)
+        gflops = r["flops"] / bp["step_s"] / 1e9
+        per = [r["flops"] / t / 1e9 / p for t, p in zip(bp["round_s"], peaks) if p]
+        sep = r.get("gemm_fraction") or (r["gflops"] / data["gemm_peak_gflops"]
+                                         if data.get("gemm_peak_gflops") else None)
+        detail = (f"{gflops:.1f} / {peak:.1f} GFLOP/s {_same_process(same)}, the peak "
+                  "measured right before BP's steps in every round (the median; each round "
+                  "against its own)" + ("" if sep is None else
+                                        f"; separate processes: {sep:.3g}"))
+        return gflops / peak, detail, (per if len(per) >= 2 else None)
+
     spread_rules = [f"pfa-r{r}" for r in SPREAD_R]
     same, same_rules = samestep_rules(data, rm, rb, spread_rules)
 
@@ -229,8 +257,9 @@ def evaluate_targets(data: dict) -> list[dict]:
                 "mlp_bp_vs_torch": (mm, mb, "bp", SAMESTEP_TORCH, "ms")}.get(key)
         if key.startswith("resnet_bp_vs_torch_b"):
             pair = (rm, int(key.rsplit("_b", 1)[1]), "bp", SAMESTEP_TORCH, "s")
-        found = same_ratio(*pair) if pair else None
-        if found is not None:  # a ratio of two steps compared in one process
+        found = same_ratio(*pair) if pair else \
+            same_fraction() if key == "resnet_bp_gemm_fraction" else None
+        if found is not None:  # a ratio of two measurements in one process
             value, detail, per_round = found
             from_same = True
         elif key == "resnet_pfa_vs_bp":
