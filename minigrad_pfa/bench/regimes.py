@@ -127,7 +127,6 @@ def regime_view(data: dict, block: dict) -> dict:
     """``data`` as one regime sees it (its records, GEMM peak and per-round peaks, threads,
     timer and same-process comparisons ``samesteps``, :mod:`.samestep`): what
     :func:`.targets.evaluate_targets` and the report's per-regime sections read."""
-
     machine = dict(data["machine"], threads=block["threads"], timer=block["timer"])
     if "blas_threads_observed" in block:
         machine["blas_threads_observed"] = block["blas_threads_observed"]

@@ -436,7 +436,7 @@ def _samestep_section(sames, threads) -> list[str]:
         rules = same["rules"]
         ref = next(iter(rules))
         clock = "CPU time" if same.get("timer") == "cpu" else "wall clock"
-        ms = same.get("model") in MODELS and "hidden" in MODELS[same["model"]]["kwargs"]
+        ms = MODELS.get(same.get("model"), {}).get("name") == "mlp"  # milliseconds a step
         rows = [[label(r), _fmt_s(v["step_s"], ms), f"{v['ratio']:.3f}",
                  f"{min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}"
                  if r != ref and v.get("round_ratios") else "-"] for r, v in rules.items()]

@@ -55,24 +55,28 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 TORCH_PREFIX = "torch:"
 
 
-def is_torch(name: str) -> bool:
-    """True for a PyTorch participant (``"torch:bp"``)."""
-    return name.startswith(TORCH_PREFIX)
+def participant(name: str) -> tuple[str, str]:
+    """(rule, impl) of a participant: ``"torch:bp"`` -> ``("bp", "torch")``, ``"pfa-r10"``
+    -> ``("pfa-r10", "minigrad")`` (the fields of the benchmark's per-process records)."""
+    if name.startswith(TORCH_PREFIX):
+        return name[len(TORCH_PREFIX):], "torch"
+    return name, "minigrad"
 
 
 def label(name: str) -> str:
     """A participant as the report names it: ``"torch:bp"`` -> ``"bp (PyTorch autograd)"``."""
-    if not is_torch(name):
-        return name
-    rule = name[len(TORCH_PREFIX):]
+    rule, impl = participant(name)
+    if impl == "minigrad":
+        return rule
     return f"{rule} (PyTorch {'autograd' if rule == 'bp' else 'published'})"
 
 
 def _stepper(name: str, cfg: dict):
     """A function running one synchronised training step of participant ``name``."""
-    if is_torch(name):
+    rule, impl = participant(name)
+    if impl == "torch":
         from .worker import _setup_torch, torch_step
-        tcfg = dict(cfg, rule=name[len(TORCH_PREFIX):], impl="torch")
+        tcfg = dict(cfg, rule=rule, impl="torch")
         try:
             torch = _setup_torch(tcfg)
         except ImportError as exc:
@@ -82,7 +86,7 @@ def _stepper(name: str, cfg: dict):
     else:
         from ..train import train_step
         from .worker import _minigrad_setup
-        net, layers, opt, x, y, sync = _minigrad_setup(dict(cfg, rule=name))[:6]
+        net, layers, opt, x, y, sync = _minigrad_setup(dict(cfg, rule=rule))[:6]
 
         def step():
             train_step(net, layers, opt, x, y)
@@ -94,33 +98,27 @@ def _stepper(name: str, cfg: dict):
 
 
 def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int = 3,
-               settle_s: float = 0.2):
-    """A function returning the float32 ``(size, size) @ (size, size)`` GEMM's GFLOP/s in
-    this process: NumPy's BLAS on ``threads`` threads for the measurement (the engine holds
-    it to one thread otherwise), the best of ``repeats`` calls after one untimed, on
-    ``clock``; then ``settle_s`` idle seconds, so that the BLAS's threads, which poll for
-    work a while after a GEMM, are asleep again before the next step starts: on 2 threads
-    (ResNet-20 BP, batch 128, 16 interleaved rounds, 2026-12-03) the step right after the
-    GEMM took 0.559 s without the pause, 0.508 s with it, 0.503 s with no GEMM before."""
-    import numpy as np
+              settle_s: float = 0.2):
+    """A function returning the float32 ``(size, size)`` GEMM's peak GFLOP/s in this process
+    (the benchmark's ``gemm`` kind, :func:`minigrad_pfa.bench.worker.run_gemm`: the best of
+    ``repeats`` calls after warm-up, on ``clock``), with NumPy's BLAS raised to ``threads``
+    threads for the measurement (the engine holds it to one thread otherwise); then
+    ``settle_s`` idle seconds, so that the BLAS's threads, which poll for work a while after
+    a GEMM, are asleep again before the next step starts: on 2 threads (ResNet-20 BP, batch
+    128, 16 interleaved rounds, 2026-12-03) the step right after the GEMM took 0.559 s
+    without the pause, 0.508 s with it, 0.503 s with no GEMM before."""
     from threadpoolctl import threadpool_limits
 
-    now = CLOCKS[clock]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    out = np.empty_like(a)
+    from .worker import run_gemm
+
+    cfg = {"size": size, "repeats": repeats, "device": "cpu", "impl": "numpy",
+           "threads": threads, "timer": clock}
 
     def measure() -> float:
-        best = float("inf")
         with threadpool_limits(limits=int(threads), user_api="blas"):
-            np.matmul(a, b, out=out)
-            for _ in range(repeats):
-                t0 = now()
-                np.matmul(a, b, out=out)
-                best = min(best, now() - t0)
+            peak = run_gemm(cfg)["gflops_max"]
         time.sleep(settle_s)
-        return 2.0 * size ** 3 / best / 1e9
+        return peak
     return measure
 
 

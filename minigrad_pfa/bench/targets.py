@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from .samestep import TORCH_PREFIX, is_torch, samestep_records
+from .samestep import participant, samestep_records
 from .suite import SAMESTEP_TORCH, reference_batches
 
 #: (key, description, comparison, threshold)
@@ -129,14 +129,16 @@ def round_values(key: str, used: list, peak=None, round_peaks=None) -> list | No
 SPREAD_R = (1, 10, 30)
 
 
-def samestep_rules(data: dict, model: str, batch: int, needed=()):
+def samestep_rules(data: dict, model: str, batch: int, needed=(), field=None):
     """(record, rules) of the run's first same-process comparison (:mod:`.samestep`) that
-    ran without error on ``model`` at ``batch`` with every participant in ``needed``, else
+    ran without error on ``model`` at ``batch`` with every participant in ``needed`` (and,
+    given ``field``, a record field such as ``gemm_round_gflops`` with a value in it), else
     (None, {})."""
     for same in samestep_records(data):
         rules = same.get("rules") or {}
         if not same.get("error") and same.get("model") == model and \
-                same.get("batch") == batch and set(needed) <= rules.keys():
+                same.get("batch") == batch and set(needed) <= rules.keys() and \
+                (field is None or any(same.get(field) or [])):
             return same, rules
     return None, {}
 
@@ -199,9 +201,7 @@ def evaluate_targets(data: dict) -> list[dict]:
         return a / b, f"{_fmt(a, unit)} / {_fmt(b, unit)}"
 
     def separate(model, name, batch):  # a per-process step, quoted beside a same-process one
-        rule, impl = (name[len(TORCH_PREFIX):], "torch") if is_torch(name) else \
-            (name, "minigrad")
-        r = find(recs, model, rule, impl, batch, dev)
+        r = find(recs, model, *participant(name), batch, dev)
         return None if r is None else r["step_s"]
 
     def same_ratio(model, batch, a, b, unit="s"):
@@ -224,24 +224,22 @@ def evaluate_targets(data: dict) -> list[dict]:
         comparison that measured the GEMM peak right before BP's steps in every round
         (``gemm_round_gflops``), or None without one (or without the BP record's FLOPs)."""
         r = find(recs, rm, "bp", "minigrad", rb, dev)
-        same = next((x for x in samestep_records(data) if not x.get("error")
-                     and (x.get("model"), x.get("batch")) == (rm, rb)
-                     and "bp" in (x.get("rules") or {})
-                     and any(x.get("gemm_round_gflops") or [])), None)
+        same, rules = samestep_rules(data, rm, rb, ("bp",), "gemm_round_gflops")
         if same is None or r is None:
             return None
         used.append(same)
-        bp, peaks = same["rules"]["bp"], same["gemm_round_gflops"]
+        bp, peaks = rules["bp"], same["gemm_round_gflops"]
         peak = statistics.median(p for p in peaks if p)
         gflops = r["flops"] / bp["step_s"] / 1e9
-        per = [r["flops"] / t / 1e9 / p for t, p in zip(bp["round_s"], peaks) if p]
+        per = round_values("resnet_bp_gemm_fraction",
+                           [{"flops": r["flops"], "round_step_s": bp["round_s"]}], peak, peaks)
         sep = r.get("gemm_fraction") or (r["gflops"] / data["gemm_peak_gflops"]
                                          if data.get("gemm_peak_gflops") else None)
         detail = (f"{gflops:.1f} / {peak:.1f} GFLOP/s {_same_process(same)}, the peak "
                   "measured right before BP's steps in every round (the median; each round "
                   "against its own)" + ("" if sep is None else
                                         f"; separate processes: {sep:.3g}"))
-        return gflops / peak, detail, (per if len(per) >= 2 else None)
+        return gflops / peak, detail, per
 
     spread_rules = [f"pfa-r{r}" for r in SPREAD_R]
     same, same_rules = samestep_rules(data, rm, rb, spread_rules)
