@@ -593,6 +593,46 @@ def test_cpu_timer_needs_one_thread():
 # ------------------------------------------------------------ regimes and rounds
 
 
+def test_a_failed_round_drops_out_of_the_round_check_and_fails_the_run():
+    """A round whose worker failed is None in round_step_s: the target's rounds are the
+    complete ones (a failed round must not switch the "every round on one side" check off
+    and leave the pooled value alone to decide), and the pooled record carries the error,
+    which fails the run's exit status and shows in the report."""
+    from minigrad_pfa.bench.regimes import pool_rounds
+    from minigrad_pfa.bench.report_md import _spread
+    from minigrad_pfa.bench.runner import failed_records
+    from minigrad_pfa.bench.targets import evaluate_targets, round_values
+
+    def rnd(rule, t):  # one round's worker result, 5 steps of t seconds
+        return _rec("resnet20", rule, "minigrad", 128, t, step_times_s=[t] * 5,
+                    step_wall_s=t, step_cpu_s=t, flops=3e10, peak_mb=400.0,
+                    foreign_cores=0.0)
+
+    err = {"error": "timed out after 1800 s"}
+    pfa = pool_rounds([rnd("pfa-r10", 0.5)] * 3)
+    lit = pool_rounds([rnd("pfa-r10-literal", 3.0), rnd("pfa-r10-literal", 2.4), err])
+    assert lit["round_step_s"] == [3.0, 2.4, None] and lit["rounds"] == 2
+    assert lit["round_errors"] == [err["error"]] and "round_errors" not in pfa
+    # rounds 0.5/3.0 = 0.167 and 0.5/2.4 = 0.208 straddle the 0.2 target: undecided, though
+    # the pooled 0.5/2.7 = 0.185 alone would read met
+    assert round_values("resnet_pfa_vs_literal", [pfa, lit]) == \
+        pytest.approx([0.5 / 3.0, 0.5 / 2.4])
+    assert round_values("resnet_pfa_vs_literal", [pfa, dict(lit, round_step_s=[3.0, None,
+                                                                             None])]) is None
+    data = {"machine": {"threads": 1, "device_kind": "cpu", "mode": "full"},
+            "records": [pfa, lit], "samesteps": []}
+    t = next(t for t in evaluate_targets(data) if t["key"] == "resnet_pfa_vs_literal")
+    assert t["value"] == pytest.approx(0.5 / 2.7) and t["met"] is None
+    # a GEMM peak stays with its own round when an earlier round failed
+    bp = dict(pool_rounds([err, rnd("bp", 0.5), rnd("bp", 1.0)]), flops=60e9)
+    assert round_values("resnet_bp_gemm_fraction", [bp], 200.0, [50.0, 100.0, 300.0]) == \
+        pytest.approx([1.2, 0.2])
+    run = {"regimes": [{"records": [pfa, lit]}], "profiles": [], "host_syncs": None}
+    assert failed_records(run) == [lit]
+    assert failed_records({**run, "regimes": [{"records": [pfa]}]}) == []
+    assert _spread(lit).endswith("(10); 1 round(s) failed: timed out after 1800 s")
+
+
 def test_pooled_rounds_median_iqr_and_regime_targets():
     from minigrad_pfa.bench.regimes import pool_rounds, quartiles, regime_threads, \
         regime_timer

@@ -65,7 +65,9 @@ def pool_rounds(results: list[dict]) -> dict:
 
     ``step_s`` is the median of every timed step of every successful round, ``step_q1_s``
     / ``step_q3_s`` its quartiles, ``step_min_s`` / ``step_max_s`` the extremes,
-    ``round_step_s`` each round's own median, ``peak_mb`` the largest of the rounds.
+    ``round_step_s`` each round's own median (None for a failed round), ``peak_mb`` the
+    largest of the rounds, ``round_errors`` the failed rounds' errors (the run then exits
+    with a failure: its figures stand on fewer rounds than it was asked for).
     """
     ok = [r for r in results if not r.get("error")]
     if not ok:
@@ -82,6 +84,9 @@ def pool_rounds(results: list[dict]) -> dict:
     rec["foreign_cores"] = max(foreign) if foreign else None
     rec["round_step_s"] = [r.get("step_s") for r in results]
     rec["rounds"] = len(ok)
+    errors = [r["error"] for r in results if r.get("error")]
+    if errors:
+        rec["round_errors"] = errors
     rec["peak_mb"] = max(r["peak_mb"] for r in ok)
     rec["gflops"] = rec["flops"] / rec["step_s"] / 1e9
     return rec

@@ -81,11 +81,14 @@ def _model_section(data, model, batch, ms: bool, title: str) -> list[str]:
 
 
 def _spread(r, ms=False) -> str:
-    """'q1-q3 (k)' of a pooled record: the interquartile range of its k timed steps."""
+    """'q1-q3 (k)' of a pooled record: the interquartile range of its k timed steps, and
+    its failed rounds if any (their steps are not among the k)."""
     if r.get("step_q1_s") is None:
         return "-"
+    failed = r.get("round_errors")
     return (f"{_fmt_s(r['step_q1_s'], ms)}-{_fmt_s(r['step_q3_s'], ms)} "
-            f"({len(r['step_times_s'])})")
+            f"({len(r['step_times_s'])})"
+            + (f"; {len(failed)} round(s) failed: {failed[0][:60]}" if failed else ""))
 
 
 def _scaling_section(data, model) -> list[str]:

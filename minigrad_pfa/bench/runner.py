@@ -447,10 +447,17 @@ def run_from_args(args) -> int:
                      mode="tiny" if args.tiny else None, timer=args.timer,
                      host_syncs=not args.no_host_syncs,
                      one_thread=not args.no_one_thread, cpu_kernels=args.cpu_kernels)
-    failed = [r for r in sum((b["records"] for b in data["regimes"]), []) +
-              sum((samestep_records(b) for b in data["regimes"]), []) +
-              data["profiles"] + (data["host_syncs"] or []) if r.get("error")]
-    return 1 if failed else 0
+    return 1 if failed_records(data) else 0
+
+
+def failed_records(data: dict) -> list:
+    """The records of a benchmark run that failed, wholly (``error``) or in some of their
+    interleaved rounds (``round_errors``, :func:`.regimes.pool_rounds`): any makes the run's
+    exit status a failure."""
+    return [r for r in sum((b["records"] for b in data["regimes"]), []) +
+            sum((samestep_records(b) for b in data["regimes"]), []) +
+            data["profiles"] + (data["host_syncs"] or [])
+            if r.get("error") or r.get("round_errors")]
 
 
 def main(argv=None) -> int:

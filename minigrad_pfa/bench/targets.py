@@ -111,18 +111,21 @@ def round_values(key: str, used: list, peak=None, round_peaks=None) -> list | No
     if key in ("resnet_pfa_peak_mb", "resnet_pfa_r_spread") or not used:
         return None
     rounds = [r.get("round_step_s") or [] for r in used]
-    k = min(len(x) for x in rounds)
-    if k < 2 or any(t is None for x in rounds for t in x[:k]):
+    # the rounds in which every record has a time: a failed round is None in round_step_s
+    # (regimes.pool_rounds) and drops out of the check, not the check out of the verdict
+    full = [j for j in range(min(len(x) for x in rounds))
+            if all(x[j] is not None for x in rounds)]
+    if len(full) < 2:
         return None
     if key == "resnet_bp_gemm_fraction":
         peaks = [(round_peaks[j] if round_peaks and j < len(round_peaks) and round_peaks[j]
-                  else peak) for j in range(k)]
+                  else peak) for j in full]
         if not all(peaks):
             return None
-        return [used[0]["flops"] / t / 1e9 / p for t, p in zip(rounds[0][:k], peaks)]
+        return [used[0]["flops"] / rounds[0][j] / 1e9 / p for j, p in zip(full, peaks)]
     if len(used) != 2:
         return None
-    return [a / b for a, b in zip(rounds[0][:k], rounds[1][:k])]
+    return [rounds[0][j] / rounds[1][j] for j in full]
 
 
 #: the expansion ratios of the PFA spread target
