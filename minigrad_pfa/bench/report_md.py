@@ -16,7 +16,7 @@ from .host_syncs import markdown_section as host_sync_section
 from .regimes import regime_view
 from .samestep import label, samestep_records
 from .suite import GEMM_SIZE, MODELS, reference_batches
-from .targets import evaluate_targets, find
+from .targets import evaluate_targets, find, format_value
 
 _ORDER = ("bp", "fa", "usf", "brsf", "frsf", "dfa", "kp", "wm", "pfa-r1", "pfa-r10",
           "pfa-r30", "pfa-o", "pfa-r10-fast", "pfa-r10-literal")
@@ -398,8 +398,7 @@ def _regime_sections(data) -> list[str]:
     targets = evaluate_targets(data)  # re-evaluated: the current rules on the stored records
     trows = []
     for x in targets:
-        v = "-" if x["value"] is None else (f"{x['value']:.0f}" if x["target"] > 100 else
-                                            f"{x['value']:.3g}")
+        v = format_value(x, "-")
         met = {True: "yes", False: "**no**", None: "-"}[x["met"]]
         trows.append([x["description"], v, f"{x['op']} {x['target']:g}", met, x["detail"]])
     if mode != "full":
@@ -451,7 +450,8 @@ def _samestep_section(sames, threads) -> list[str]:
                          "rounds"], rows)
         if same.get("gemm_round_gflops"):
             n = same.get("gemm_size")
-            lines += [f"The float32 GEMM peak ({n} x {n}, {threads} thread(s), best of 3) "
+            best = same.get("gemm_repeats", 3)  # 3 before the field was recorded
+            lines += [f"The float32 GEMM peak ({n} x {n}, {threads} thread(s), best of {best}) "
                       f"right before {label(ref)}'s steps in each round: " + ", ".join(
                           f"{p:.1f}" for p in same["gemm_round_gflops"]) + " GFLOP/s.", ""]
     return lines

@@ -97,11 +97,13 @@ def _stepper(name: str, cfg: dict):
     return run
 
 
-def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int = 3,
+def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int | None = None,
               settle_s: float = 0.2):
     """A function returning the float32 ``(size, size)`` GEMM's peak GFLOP/s in this process
     (the benchmark's ``gemm`` kind, :func:`minigrad_pfa.bench.worker.run_gemm`: the best of
-    ``repeats`` calls after warm-up, on ``clock``), with NumPy's BLAS raised to ``threads``
+    ``repeats`` calls after warm-up, by default as many as the per-process peak,
+    :data:`~minigrad_pfa.bench.worker.GEMM_REPEATS`, so that neither is the best of fewer
+    tries; on ``clock``), with NumPy's BLAS raised to ``threads``
     threads for the measurement (the engine holds it to one thread otherwise); then
     ``settle_s`` idle seconds, so that the BLAS's threads, which poll for work a while after
     a GEMM, are asleep again before the next step starts: on 2 threads (ResNet-20 BP, batch
@@ -109,9 +111,10 @@ def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int = 3,
     without the pause, 0.508 s with it, 0.503 s with no GEMM before."""
     from threadpoolctl import threadpool_limits
 
-    from .worker import run_gemm
+    from .worker import GEMM_REPEATS, run_gemm
 
-    cfg = {"size": size, "repeats": repeats, "device": "cpu", "impl": "numpy",
+    cfg = {"size": size, "repeats": GEMM_REPEATS if repeats is None else int(repeats),
+           "device": "cpu", "impl": "numpy",
            "threads": threads, "timer": clock}
 
     def measure() -> float:
@@ -202,7 +205,7 @@ def run_samestep(cfg: dict) -> dict:
     ``spread``, ``foreign_cores`` and, with ``gemm_size``, ``gemm_round_gflops`` (one peak
     per round).
     """
-    from .worker import _busy_resolution_s, machine_busy_s
+    from .worker import GEMM_REPEATS, _busy_resolution_s, machine_busy_s
 
     timer, size = cfg.get("timer", "wall"), cfg.get("gemm_size")
     peaks, before = [], None
@@ -223,7 +226,7 @@ def run_samestep(cfg: dict) -> dict:
     out = dict({k: cfg.get(k) for k in keys}, rules=res, spread=spread(res),
                foreign_cores=foreign)
     if size:
-        out.update(gemm_size=int(size), gemm_round_gflops=peaks)
+        out.update(gemm_size=int(size), gemm_round_gflops=peaks, gemm_repeats=GEMM_REPEATS)
     return out
 
 

@@ -228,8 +228,8 @@ def evaluate_targets(data: dict) -> list[dict]:
         (``gemm_round_gflops``), or None without one (or without the BP record's FLOPs)."""
         r = find(recs, rm, "bp", "minigrad", rb, dev)
         same, rules = samestep_rules(data, rm, rb, ("bp",), "gemm_round_gflops")
-        if same is None or r is None:
-            return None
+        if same is None or r is None or next(iter(rules)) != "bp":
+            return None  # (the peaks were measured before the first participant's steps)
         used.append(same)
         bp, peaks = rules["bp"], same["gemm_round_gflops"]
         peak = statistics.median(p for p in peaks if p)
@@ -306,13 +306,14 @@ def evaluate_targets(data: dict) -> list[dict]:
             if r is not None:
                 value = r["peak_mb"]
                 detail = f"batch {rb}" + ("" if rb == 128 else " (not the target's batch 128)")
-        met = None if value is None else (value <= thr if op == "<=" else value >= thr)
+        met = None if value is None else _side(value, op, thr)
         if not from_same:  # a same-process figure brings its own rounds (or none)
             per_round = round_values(key, list(used), data.get("gemm_peak_gflops"),
                                      data.get("gemm_round_gflops"))
         if per_round is not None and value is not None:
-            sides = {(v <= thr if op == "<=" else v >= thr) for v in per_round} | {met}
-            detail += f"; rounds {min(per_round):.3g} to {max(per_round):.3g}"
+            sides = {_side(v, op, thr) for v in per_round} | {met}
+            detail += (f"; rounds {format_vs(min(per_round), op, thr)} to "
+                       f"{format_vs(max(per_round), op, thr)}")
             if len(sides) > 1:
                 met = None
                 detail += " (on both sides of the target: undecided)"
@@ -328,12 +329,32 @@ def evaluate_targets(data: dict) -> list[dict]:
     return out
 
 
+def _side(v: float, op: str, thr: float) -> bool:
+    return v <= thr if op == "<=" else v >= thr
+
+
+def format_vs(v: float, op: str, thr: float) -> str:
+    """``v`` to 3 significant digits (whole numbers for thresholds above 100), or to as many
+    more as it takes for the printed number to sit on the same side of ``thr`` as ``v``:
+    1.0004 against ``<= 1`` prints "1.0004", not a "1" beside a missed target."""
+    digits = [".0f", ".1f", ".2f", ".3f"] if thr > 100 else [f".{d}g" for d in range(3, 10)]
+    for fmt in digits:
+        text = format(v, fmt)
+        if _side(float(text), op, thr) == _side(v, op, thr):
+            return text
+    return repr(v)
+
+
+def format_value(t: dict, missing: str = "n/a") -> str:
+    """A target's measured value as the log and the report print it (:func:`format_vs`)."""
+    return missing if t["value"] is None else format_vs(t["value"], t["op"], t["target"])
+
+
 def format_targets(targets) -> list[str]:
     """One plain-text line per target."""
     lines = []
     for t in targets:
-        v = "n/a" if t["value"] is None else (f"{t['value']:.0f}" if t["target"] > 100
-                                              else f"{t['value']:.3g}")
+        v = format_value(t)
         flag = {True: "met", False: "NOT met", None: "-"}[t["met"]]
         lines.append(f"{t['description']}: {v} (target {t['op']} {t['target']:g}) "
                      f"[{flag}] {t['detail']}")
