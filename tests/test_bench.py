@@ -310,6 +310,8 @@ def test_tiny_run_json_schema_and_markdown(tmp_path, capsys):
     # the steps compared in one process (.samestep), read by the ratio targets
     same = data["regimes"][0]["samesteps"][0]
     assert not same.get("error"), same
+    assert len(same["round_foreign_cores"]) == same["rounds"]
+    assert same["foreign_cores"] == max(same["round_foreign_cores"])
     assert list(same["rules"]) == ["bp", "pfa-r1", "pfa-r10", "pfa-r30"] + (
         ["torch:bp"] if have_torch else [])
     if have_torch:  # BP / PyTorch's BP from one process too, the MLP's in its own comparison
@@ -454,6 +456,26 @@ def test_bp_vs_torch_targets_read_same_process_comparisons():
     t = got["mlp_bp_vs_torch"]
     assert t["value"] == pytest.approx(0.8) and t["met"] is True
     assert "4.00 ms / 5.00 ms (one process" in t["detail"]
+
+
+def test_samestep_contention_is_its_busiest_rounds(monkeypatch):
+    """Other processes' load is measured round by round, and the worst round counts (as for
+    a step's record): a busy stretch in one round is not averaged away over the others."""
+    from minigrad_pfa.bench import samestep, worker
+    calls = []
+
+    def busy():  # this process's CPU time, plus 1000 s of another process's in round 1 only
+        calls.append(None)
+        return time.process_time() + (1000.0 if len(calls) >= 3 else 0.0)
+
+    monkeypatch.setattr(worker, "machine_busy_s", busy)
+    monkeypatch.setattr(worker, "_busy_resolution_s", lambda: 0.0)
+    out = samestep.run_samestep({"kind": "samestep", "rules": ["bp", "fa"], "model": "mlp-tiny",
+                                 "batch": 8, "threads": 1, "rounds": 3, "steps": 1,
+                                 "warmup": 0})
+    quiet, loud, after = out["round_foreign_cores"]
+    assert len(calls) == 4 and quiet < 0.25 and after < 0.25 and loud > 100
+    assert out["foreign_cores"] == loud
 
 
 def test_samestep_steps_pytorch_beside_the_engine(monkeypatch):

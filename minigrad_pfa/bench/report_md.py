@@ -445,7 +445,9 @@ def _samestep_section(sames, threads) -> list[str]:
         foreign = same.get("foreign_cores")
         lines += [f"{head}: {same['rounds']} rounds of {same['steps']} steps each ({clock}"
                   + ("" if foreign is None else
-                     f"; other processes kept {foreign:.2f} cores busy meanwhile") + ").", ""]
+                     f"; other processes kept {foreign:.2f} cores busy meanwhile"
+                     + (", in its busiest round" if same.get("round_foreign_cores") else ""))
+                  + ").", ""]
         lines += _table(["step", f"time ({'ms' if ms else 's'}, median)", f"x {label(ref)}",
                          "rounds"], rows)
         if same.get("gemm_round_gflops"):

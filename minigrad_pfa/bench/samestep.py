@@ -127,13 +127,15 @@ def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int | None 
 
 def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             rounds: int = 6, steps: int = 3, warmup: int = 2, clock: str = "wall",
-            device: str = "cpu", before_ref=None) -> dict:
+            device: str = "cpu", before_ref=None, at_round=None) -> dict:
     """Interleaved step times of ``rules``: the engine's (names of
     :func:`minigrad_pfa.bench.suite.rule_spec`) and PyTorch's (``"torch:bp"``).
 
     ``clock``: "wall", or "cpu" (the process's CPU time, only with ``threads == 1``, where
     it is the step's own work). ``before_ref``: called right before the first rule's steps
     in every round (untimed; the benchmark measures the GEMM peak there, :func:`gemm_peak`).
+    ``at_round``: called with k at the start of round k and with ``rounds`` after the last
+    (:func:`run_samestep` reads the machine's busy time there, round by round).
 
     Returns
     -------
@@ -160,6 +162,8 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
             steppers[r]()
     times = {r: [] for r in rules}
     for k in range(rounds):
+        if at_round is not None:
+            at_round(k)
         for r in round_order(rules, k):
             if before_ref is not None and r == rules[0]:
                 before_ref()
@@ -169,6 +173,8 @@ def compare(rules, model: str = "resnet20", batch: int = 128, threads: int = 1,
                 steppers[r]()
                 ts.append(now() - t0)
             times[r].append(ts)
+    if at_round is not None:
+        at_round(rounds)
     ref = rules[0]
     med = {r: statistics.median(t for ts in times[r] for t in ts) for r in rules}
     per_round = {r: [statistics.median(ts) for ts in times[r]] for r in rules}
@@ -194,15 +200,17 @@ def spread(result: dict) -> float | None:
 
 def run_samestep(cfg: dict) -> dict:
     """The benchmark worker's kind ``samestep``: :func:`compare` of ``cfg["rules"]`` with the
-    cores other processes kept busy meanwhile (``foreign_cores``, as for a step: the
-    machine's busy time from /proc/stat minus this process's CPU time, per wall second).
+    cores other processes kept busy meanwhile (``round_foreign_cores``, round by round: the
+    machine's busy time from /proc/stat minus this process's CPU time, per wall second;
+    ``foreign_cores`` the largest, as a step's record keeps its worst round).
 
     ``cfg``: rules, model, batch, threads, rounds, steps, warmup, timer ("wall" / "cpu"),
     device, and optionally ``gemm_size``: the GEMM peak (:func:`gemm_peak`) measured right
     before the first rule's steps in every round, so that the fraction of the peak that
     rule's step reaches is a ratio of two measurements a fraction of a second apart.
     Returns the configuration's fields with ``rules`` (:func:`compare`'s result),
-    ``spread``, ``foreign_cores`` and, with ``gemm_size``, ``gemm_round_gflops`` (one peak
+    ``spread``, ``foreign_cores``, ``round_foreign_cores`` and, with ``gemm_size``,
+    ``gemm_round_gflops`` (one peak
     per round).
     """
     from .worker import GEMM_REPEATS, _busy_resolution_s, machine_busy_s
@@ -215,16 +223,23 @@ def run_samestep(cfg: dict) -> dict:
         def before():
             peaks.append(measure())
 
-    busy0, c0, t0 = machine_busy_s(), time.process_time(), time.perf_counter()
+    marks = []  # (machine busy s, this process's CPU s, wall s) at every round's edges
+
+    def at_round(k):
+        marks.append((machine_busy_s(), time.process_time(), time.perf_counter()))
+
     res = compare(cfg["rules"], cfg["model"], int(cfg["batch"]), int(cfg["threads"]),
                   int(cfg["rounds"]), int(cfg["steps"]), int(cfg.get("warmup", 2)),
-                  timer, cfg.get("device", "cpu"), before)
-    busy1, cpu, wall = machine_busy_s(), time.process_time() - c0, time.perf_counter() - t0
-    foreign = None if busy0 is None or busy1 is None or not wall else \
-        max(0.0, (busy1 - busy0 - cpu - _busy_resolution_s()) / wall)
+                  timer, cfg.get("device", "cpu"), before, at_round)
+    # the cores other processes kept busy in each round; the worst round counts, as for the
+    # per-process records (one busy stretch averaged over the whole comparison would hide)
+    per_round = [None if a[0] is None or b[0] is None or b[2] <= a[2] else
+                 max(0.0, (b[0] - a[0] - (b[1] - a[1]) - _busy_resolution_s()) / (b[2] - a[2]))
+                 for a, b in zip(marks, marks[1:])]
+    foreign = None if not per_round or None in per_round else max(per_round)
     keys = ("kind", "model", "batch", "threads", "rounds", "steps", "timer", "device")
     out = dict({k: cfg.get(k) for k in keys}, rules=res, spread=spread(res),
-               foreign_cores=foreign)
+               foreign_cores=foreign, round_foreign_cores=per_round)
     if size:
         out.update(gemm_size=int(size), gemm_round_gflops=peaks, gemm_repeats=GEMM_REPEATS)
     return out
