@@ -97,11 +97,10 @@ def _stepper(name: str, cfg: dict):
     return run
 
 
-def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int | None = None,
-              settle_s: float = 0.2):
+def gemm_peak(size: int, threads: int, clock: str = "wall", settle_s: float = 0.2):
     """A function returning the float32 ``(size, size)`` GEMM's peak GFLOP/s in this process
     (the benchmark's ``gemm`` kind, :func:`minigrad_pfa.bench.worker.run_gemm`: the best of
-    ``repeats`` calls after warm-up, by default as many as the per-process peak,
+    as many calls after warm-up as the per-process peak,
     :data:`~minigrad_pfa.bench.worker.GEMM_REPEATS`, so that neither is the best of fewer
     tries; on ``clock``), with NumPy's BLAS raised to ``threads``
     threads for the measurement (the engine holds it to one thread otherwise); then
@@ -111,11 +110,10 @@ def gemm_peak(size: int, threads: int, clock: str = "wall", repeats: int | None 
     without the pause, 0.508 s with it, 0.503 s with no GEMM before."""
     from threadpoolctl import threadpool_limits
 
-    from .worker import GEMM_REPEATS, run_gemm
+    from .worker import run_gemm
 
-    cfg = {"size": size, "repeats": GEMM_REPEATS if repeats is None else int(repeats),
-           "device": "cpu", "impl": "numpy",
-           "threads": threads, "timer": clock}
+    cfg = {"size": size, "device": "cpu", "impl": "numpy", "threads": threads,
+           "timer": clock}
 
     def measure() -> float:
         with threadpool_limits(limits=int(threads), user_api="blas"):
@@ -210,10 +208,9 @@ def run_samestep(cfg: dict) -> dict:
     rule's step reaches is a ratio of two measurements a fraction of a second apart.
     Returns the configuration's fields with ``rules`` (:func:`compare`'s result),
     ``spread``, ``foreign_cores``, ``round_foreign_cores`` and, with ``gemm_size``,
-    ``gemm_round_gflops`` (one peak
-    per round).
+    ``gemm_round_gflops`` (one peak per round) and ``gemm_repeats``.
     """
-    from .worker import GEMM_REPEATS, _busy_resolution_s, machine_busy_s
+    from .worker import GEMM_REPEATS, foreign_cores, machine_busy_s
 
     timer, size = cfg.get("timer", "wall"), cfg.get("gemm_size")
     peaks, before = [], None
@@ -233,8 +230,7 @@ def run_samestep(cfg: dict) -> dict:
                   timer, cfg.get("device", "cpu"), before, at_round)
     # the cores other processes kept busy in each round; the worst round counts, as for the
     # per-process records (one busy stretch averaged over the whole comparison would hide)
-    per_round = [None if a[0] is None or b[0] is None or b[2] <= a[2] else
-                 max(0.0, (b[0] - a[0] - (b[1] - a[1]) - _busy_resolution_s()) / (b[2] - a[2]))
+    per_round = [foreign_cores(a[0], b[0], b[1] - a[1], b[2] - a[2])
                  for a, b in zip(marks, marks[1:])]
     foreign = None if not per_round or None in per_round else max(per_round)
     keys = ("kind", "model", "batch", "threads", "rounds", "steps", "timer", "device")

@@ -125,15 +125,22 @@ def timed_steps(step, sync, warmup: int, steps: int, timer: str = "wall") -> dic
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     busy1 = machine_busy_s()
-    # cores that other processes kept busy while this one was measured, on average.
-    # /proc/stat counts whole clock ticks per CPU, so the difference of two readings is
-    # uncertain by up to one tick per CPU: that much is not evidence of another process
-    # (a 30-step MLP window of ~0.09 s on 2 CPUs would otherwise read up to 0.2 cores of
-    # "other processes" from rounding alone)
-    foreign = None if busy0 is None or busy1 is None or not wall else \
-        max(0.0, (busy1 - busy0 - sum(cpu) - _busy_resolution_s()) / sum(wall))
     return {"wall": wall, "cpu": cpu, "times": cpu if timer == "cpu" else wall,
-            "foreign_cores": foreign}
+            "foreign_cores": foreign_cores(busy0, busy1, sum(cpu), sum(wall))}
+
+
+def foreign_cores(busy0, busy1, cpu_s: float, wall_s: float) -> float | None:
+    """Cores that other processes kept busy, on average, over ``wall_s`` seconds in which
+    the machine's busy time (:func:`machine_busy_s`) went from ``busy0`` to ``busy1`` and
+    this process used ``cpu_s`` of it; None without the readings.
+
+    /proc/stat counts whole clock ticks per CPU, so the difference of two readings is
+    uncertain by up to one tick per CPU: that much is not evidence of another process (a
+    30-step MLP window of ~0.09 s on 2 CPUs would otherwise read up to 0.2 cores of "other
+    processes" from rounding alone)."""
+    if busy0 is None or busy1 is None or not wall_s:
+        return None
+    return max(0.0, (busy1 - busy0 - cpu_s - _busy_resolution_s()) / wall_s)
 
 
 def _busy_resolution_s() -> float:
